@@ -1,0 +1,1 @@
+"""Consentry: consent and suppression engine."""

@@ -1,0 +1,1 @@
+"""The `consentry` command line (Typer + Rich)."""

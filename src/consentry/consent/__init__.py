@@ -1,0 +1,1 @@
+"""Opt-outs (global and per channel), services and subscriptions."""

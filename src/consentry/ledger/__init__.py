@@ -1,0 +1,1 @@
+"""The consent ledger: appending chained events, reading a profile's history, verifying."""

@@ -1,0 +1,157 @@
+"""Appending to, reading and verifying the consent ledger."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from consentry.domain import ledger as rules
+from consentry.ledger import sql
+
+
+def append(conn: sa.Connection, events: Sequence[rules.Event]) -> None:
+    """Append events in this transaction, each chained into its partition."""
+    if not events:
+        return
+    by_partition: dict[int, list[rules.Event]] = defaultdict(list)
+    for event in events:
+        by_partition[rules.partition_of(event.partition_key())].append(event)
+    rows: list[dict[str, Any]] = []
+    new_heads: list[dict[str, Any]] = []
+    locked = conn.execute(sql.LOCK_HEADS, {"partitions": sorted(by_partition)}).all()
+    for partition, seq, prev_hash in locked:
+        for event in by_partition[partition]:
+            seq += 1
+            chained = rules.chain(event, partition, seq, prev_hash)
+            prev_hash = chained.hash
+            rows.append(_row(event, chained))
+        new_heads.append({"p": partition, "new_seq": seq, "new_hash": prev_hash})
+    conn.execute(sql.INSERT_EVENTS, rows)
+    conn.execute(sql.UPDATE_HEAD, new_heads)
+
+
+def _row(event: rules.Event, chained: rules.ChainedRow) -> dict[str, Any]:
+    return {
+        "partition": chained.partition, "seq": chained.seq, "at": event.at,
+        "kind": event.kind, "source": event.source, "actor": event.actor,
+        "profile_id": event.profile_id, "channel": event.channel, "service": event.service,
+        "old_state": event.old_state, "new_state": event.new_state, "wording": event.wording,
+        "address": event.address, "ip": event.ip, "user_agent": event.user_agent,
+        "note": event.note, "evidence": event.evidence,
+        "personal_digest": chained.personal_digest, "redacted": False,
+        "prev_hash": chained.prev_hash, "hash": chained.hash,
+    }
+
+
+def history(conn: sa.Connection, profile_id: int, addresses: list[str]) -> list[dict[str, Any]]:
+    return [event_json(r._mapping) for r in conn.execute(sql.profile_history(profile_id,
+                                                                              addresses))]
+
+
+def event_json(row: Any) -> dict[str, Any]:
+    return {
+        "id": row["id"], "at": row["at"].isoformat(), "kind": row["kind"],
+        "source": row["source"], "actor": row["actor"], "profile_id": row["profile_id"],
+        "channel": row["channel"], "service": row["service"], "address": row["address"],
+        "old_state": row["old_state"], "new_state": row["new_state"],
+        "wording": row["wording"], "ip": row["ip"], "user_agent": row["user_agent"],
+        "note": row["note"], "evidence": row["evidence"], "redacted": row["redacted"],
+        "hash": row["hash"],
+    }
+
+
+def redact(conn: sa.Connection, profile_id: int, addresses: Iterable[str]) -> int:
+    """Blank the personal data of a profile's events and of its addresses' events."""
+    ev = sql.ev
+    cond = ev.c.profile_id == profile_id
+    addresses = list(addresses)
+    if addresses:
+        cond = sa.or_(cond, sa.and_(ev.c.profile_id.is_(None), ev.c.address.in_(addresses)))
+    return conn.execute(sql.REDACT.where(cond).where(ev.c.redacted.is_(False))).rowcount
+
+
+@dataclass(frozen=True)
+class Problem:
+    event_id: int | None
+    partition: int
+    seq: int | None
+    why: str
+
+    def __str__(self) -> str:
+        where = f"event {self.event_id}" if self.event_id is not None else "chain head"
+        return f"{where} (partition {self.partition}, seq {self.seq}): {self.why}"
+
+
+@dataclass(frozen=True)
+class Verification:
+    events: int
+    problem: Problem | None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+def verify(conn: sa.Connection) -> Verification:
+    """Recompute every chain; report the earliest event (by id) that does not verify."""
+    erased = {r[0] for r in conn.execute(sql.ERASED_PROFILES)}
+    heads = {p: (seq, h) for p, seq, h in conn.execute(sql.ALL_HEADS)}
+    problems: dict[int, Problem] = {}
+    state: dict[int, tuple[int, str]] = {}  # partition -> (last seq, last hash)
+    count = 0
+    result = conn.execution_options(stream_results=True, yield_per=5000).execute(
+        sql.ALL_IN_CHAIN_ORDER)
+    for row in result.mappings():
+        count += 1
+        p = row["partition"]
+        if p in problems:
+            continue
+        last_seq, last_hash = state.get(p, (0, rules.GENESIS))
+        why = _check(row, last_seq, last_hash, erased)
+        if why:
+            problems[p] = Problem(row["id"], p, row["seq"], why)
+            continue
+        state[p] = (row["seq"], row["hash"])
+    for p, (head_seq, head_hash) in heads.items():
+        if p in problems:
+            continue
+        last_seq, last_hash = state.get(p, (0, rules.GENESIS))
+        if (last_seq, last_hash) != (head_seq, head_hash):
+            problems[p] = Problem(None, p, head_seq,
+                                  f"the chain ends at seq {last_seq} but its head says "
+                                  f"{head_seq}: events were removed or the head was changed")
+    if not problems:
+        return Verification(count, None)
+    first = min(problems.values(),
+                key=lambda pr: (pr.event_id is None, pr.event_id or 0, pr.partition))
+    return Verification(count, first)
+
+
+def _check(row: Any, last_seq: int, last_hash: str, erased: set[int]) -> str | None:
+    if row["seq"] != last_seq + 1:
+        return f"expected seq {last_seq + 1}, found {row['seq']}: events missing or reordered"
+    if row["prev_hash"] != last_hash:
+        return "prev_hash does not match the previous event's hash"
+    if row["redacted"]:
+        if row["profile_id"] is not None and row["profile_id"] not in erased:
+            return "redacted without an erasure of its profile"
+        if any(row[f] is not None for f in ("address", "ip", "user_agent", "note", "evidence")):
+            return "marked redacted but still holds personal data"
+    else:
+        digest = rules.personal_digest(row["address"], row["ip"], row["user_agent"],
+                                       row["note"], row["evidence"])
+        if digest != row["personal_digest"]:
+            return "its address, IP, user agent, note or evidence was changed"
+    expected = rules.event_hash(
+        prev_hash=row["prev_hash"], partition=row["partition"], seq=row["seq"], at=row["at"],
+        kind=row["kind"], source=row["source"], actor=row["actor"],
+        profile_id=row["profile_id"], channel=row["channel"], service=row["service"],
+        old_state=row["old_state"], new_state=row["new_state"], wording=row["wording"],
+        digest=row["personal_digest"])
+    if expected != row["hash"]:
+        return "its content does not match its hash"
+    return None

@@ -1,0 +1,48 @@
+"""Every SQL statement of the ledger, in one place."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from consentry.store.schema import ledger_events as ev
+from consentry.store.schema import ledger_heads as heads
+
+# The heads of the partitions an append touches, locked until the transaction ends. Rows are
+# locked in partition order so two appends that share partitions cannot deadlock; appends to
+# other partitions go on in parallel. (SQLite ignores FOR UPDATE: its write lock is global.)
+LOCK_HEADS = (
+    sa.select(heads.c.partition, heads.c.seq, heads.c.hash)
+    .where(heads.c.partition.in_(sa.bindparam("partitions", expanding=True)))
+    .order_by(heads.c.partition)
+    .with_for_update()
+)
+
+INSERT_EVENTS = ev.insert()
+
+UPDATE_HEAD = (
+    heads.update()
+    .where(heads.c.partition == sa.bindparam("p"))
+    .values(seq=sa.bindparam("new_seq"), hash=sa.bindparam("new_hash"))
+)
+
+# A profile's history: its own events plus address-level events (quarantine changes) for the
+# addresses it holds, oldest first.
+def profile_history(profile_id: int, addresses: list[str]) -> sa.Select:
+    cond = ev.c.profile_id == profile_id
+    if addresses:
+        cond = sa.or_(cond, sa.and_(ev.c.profile_id.is_(None), ev.c.address.in_(addresses)))
+    return sa.select(ev).where(cond).order_by(ev.c.at, ev.c.id)
+
+
+# The whole ledger in chain order, for verification; streamed, never loaded at once.
+ALL_IN_CHAIN_ORDER = sa.select(ev).order_by(ev.c.partition, ev.c.seq)
+
+ALL_HEADS = sa.select(heads.c.partition, heads.c.seq, heads.c.hash).order_by(heads.c.partition)
+
+ERASED_PROFILES = sa.select(ev.c.profile_id).where(ev.c.kind == "erasure").distinct()
+
+# Erasure: blank the personal fields; the digest that the chain covers stays.
+REDACT = (
+    ev.update()
+    .values(address=None, ip=None, user_agent=None, note=None, evidence=None, redacted=True)
+)

@@ -1,0 +1,1 @@
+"""Profiles: people with their addresses, names, locale and custom attributes."""

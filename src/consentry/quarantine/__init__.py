@@ -1,0 +1,1 @@
+"""Platform-wide address state: quarantine, denylist, allowlist (domain/quarantine.py rules)."""

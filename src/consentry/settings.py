@@ -1,0 +1,96 @@
+"""Settings: defaults, then `consentry.toml` in the current directory, then the environment,
+then command-line flags. Thresholds default to Adobe Campaign's (domain.md section 4)."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from consentry.domain.errors import ConsentryError
+from consentry.domain.quarantine import QuarantineSettings
+
+DEFAULT_DATABASE_URL = "sqlite:///consentry.db"
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    base_url: str = "http://127.0.0.1:8000"
+    # Empty: the keys generated once per database and kept there are used.
+    secret_keys: tuple[str, ...] = ()
+    smtp_url: str | None = None
+    default_region: str = "DE"
+    quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)
+
+
+_ENV = {
+    "CONSENTRY_DATABASE_URL": "database_url",
+    "CONSENTRY_BASE_URL": "base_url",
+    "CONSENTRY_SECRET_KEYS": "secret_keys",
+    "CONSENTRY_SMTP_URL": "smtp_url",
+    "CONSENTRY_DEFAULT_REGION": "default_region",
+}
+
+_QUARANTINE_KEYS = {
+    "soft_error_max": ("soft_error_max", int),
+    "soft_error_interval_hours": ("soft_error_interval", lambda v: timedelta(hours=float(v))),
+    "erroneous_reset_days": ("erroneous_reset_after", lambda v: timedelta(days=float(v))),
+    "mailbox_full_release_days": ("mailbox_full_release_after",
+                                  lambda v: timedelta(days=float(v))),
+}
+
+
+def _split_keys(value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else str(value).split(",")
+    return tuple(k.strip() for k in items if str(k).strip())
+
+
+def _apply(settings: Settings, name: str, value: Any) -> Settings:
+    if name == "secret_keys":
+        return replace(settings, secret_keys=_split_keys(value))
+    if name == "default_region":
+        return replace(settings, default_region=str(value).upper())
+    return replace(settings, **{name: str(value)})
+
+
+def load_settings(database: str | None = None, *, cwd: Path | None = None,
+                  environ: dict[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    settings = Settings()
+    toml_path = (cwd or Path.cwd()) / "consentry.toml"
+    if toml_path.is_file():
+        try:
+            data = tomllib.loads(toml_path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConsentryError(f"{toml_path}: not valid TOML ({exc})") from None
+        for key, value in data.items():
+            if key == "quarantine" and isinstance(value, dict):
+                settings = replace(settings, quarantine=_quarantine(toml_path, value))
+            elif key in _ENV.values():
+                settings = _apply(settings, key, value)
+            else:
+                raise ConsentryError(f"{toml_path}: unknown setting {key!r}")
+    for var, name in _ENV.items():
+        if env.get(var):
+            settings = _apply(settings, name, env[var])
+    if database:
+        settings = replace(settings, database_url=database)
+    return settings
+
+
+def _quarantine(path: Path, table: dict[str, Any]) -> QuarantineSettings:
+    values: dict[str, Any] = {}
+    for key, raw in table.items():
+        if key not in _QUARANTINE_KEYS:
+            raise ConsentryError(f"{path}: unknown setting quarantine.{key}; expected one of "
+                                 f"{', '.join(_QUARANTINE_KEYS)}")
+        name, convert = _QUARANTINE_KEYS[key]
+        try:
+            values[name] = convert(raw)
+        except (TypeError, ValueError):
+            raise ConsentryError(f"{path}: quarantine.{key} must be a number") from None
+    return QuarantineSettings(**values)

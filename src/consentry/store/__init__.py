@@ -1,0 +1,1 @@
+"""Storage: the schema, engines for SQLite and PostgreSQL, migrations."""

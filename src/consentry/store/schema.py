@@ -1,0 +1,165 @@
+"""The database schema (SQLAlchemy Core). Alembic migrations in `migrations/` create it.
+
+Consent state is kept where the set-based queries need it (opt-outs and subscriptions in their
+own narrow tables, quarantine per normalized address); its history lives in the ledger only.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from consentry.store.types import BigId, UTCDateTime
+
+metadata = sa.MetaData(naming_convention={
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+})
+
+# Per-database values: generated secret keys, the suppression hashing key.
+meta = sa.Table(
+    "meta", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+profiles = sa.Table(
+    "profiles", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("external_id", sa.String(255), unique=True),
+    sa.Column("email", sa.String(320)),  # normalized, local part as given: what we send to
+    sa.Column("email_key", sa.String(320), index=True),  # matching key (domain.md section 7)
+    sa.Column("phone", sa.String(32), index=True),  # E.164, also its own matching key
+    sa.Column("first_name", sa.String(255)),
+    sa.Column("last_name", sa.String(255)),
+    sa.Column("locale", sa.String(35)),
+    sa.Column("attributes", sa.JSON),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+push_tokens = sa.Table(
+    "push_tokens", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("profile_id", BigId, sa.ForeignKey("profiles.id", ondelete="CASCADE"),
+              nullable=False, index=True),
+    sa.Column("token", sa.String(1024), nullable=False, index=True),
+    sa.Column("app_id", sa.String(255), nullable=False, server_default=""),
+    sa.Column("platform", sa.String(16), nullable=False, server_default=""),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("profile_id", "app_id", "token", name="uq_push_tokens_profile_app_token"),
+)
+
+# One row per active opt-out; scope is "all" (global) or a channel. Opting back in deletes the
+# row; the ledger keeps both events.
+opt_outs = sa.Table(
+    "opt_outs", metadata,
+    sa.Column("profile_id", BigId, sa.ForeignKey("profiles.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("scope", sa.String(8), primary_key=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("source", sa.String(32), nullable=False),
+    sa.Column("actor", sa.String(255)),
+    sa.Column("note", sa.Text),
+    sa.CheckConstraint("scope IN ('all', 'email', 'sms', 'push')", name="scope"),
+)
+
+services = sa.Table(
+    "services", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("slug", sa.String(64), nullable=False, unique=True),
+    sa.Column("label", sa.String(255), nullable=False),
+    sa.Column("channel", sa.String(8), nullable=False),
+    sa.Column("double_opt_in", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("validity_days", sa.Integer),
+    sa.Column("public", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+subscriptions = sa.Table(
+    "subscriptions", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("profile_id", BigId, sa.ForeignKey("profiles.id", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("service_id", BigId, sa.ForeignKey("services.id", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("state_at", UTCDateTime, nullable=False),
+    sa.Column("subscribed_at", UTCDateTime),
+    sa.Column("expires_at", UTCDateTime),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("profile_id", "service_id", name="uq_subscriptions_profile_service"),
+    sa.Index("ix_subscriptions_service_state", "service_id", "state"),
+    sa.Index("ix_subscriptions_state_expires", "state", "expires_at"),
+)
+
+# Platform-wide address state, one row per (channel, normalized key). No row means valid.
+quarantine = sa.Table(
+    "quarantine", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("channel", sa.String(8), nullable=False),
+    sa.Column("address_key", sa.String(1024), nullable=False),
+    sa.Column("address", sa.String(1024), nullable=False),
+    sa.Column("domain", sa.String(255), index=True),  # email only, for filters and bulk release
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(32)),
+    sa.Column("error_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("first_error_at", UTCDateTime),
+    sa.Column("last_error_at", UTCDateTime),
+    sa.Column("last_counted_at", UTCDateTime),
+    sa.Column("status_at", UTCDateTime),
+    sa.Column("source", sa.String(32)),
+    sa.Column("note", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("channel", "address_key", name="uq_quarantine_channel_key"),
+    sa.Index("ix_quarantine_status_reason", "status", "reason"),
+)
+
+# What erasure leaves of an address: a keyed one-way hash, so it stays suppressed if it returns.
+suppressions = sa.Table(
+    "suppressions", metadata,
+    sa.Column("channel", sa.String(8), primary_key=True),
+    sa.Column("key_hash", sa.String(64), primary_key=True),
+    sa.Column("optout", sa.Boolean, nullable=False),  # re-apply a channel opt-out
+    sa.Column("quarantine_status", sa.String(16)),  # re-apply this address status
+    sa.Column("quarantine_reason", sa.String(32)),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+# The consent ledger: append-only, hash-chained per partition (domain/ledger.py).
+ledger_events = sa.Table(
+    "ledger_events", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("partition", sa.SmallInteger, nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("source", sa.String(32), nullable=False),
+    sa.Column("actor", sa.String(255)),
+    sa.Column("profile_id", sa.BigInteger, index=True),  # no foreign key: outlives erasure
+    sa.Column("channel", sa.String(8)),
+    sa.Column("service", sa.String(64)),
+    sa.Column("old_state", sa.String(64)),
+    sa.Column("new_state", sa.String(64)),
+    sa.Column("wording", sa.String(255)),
+    sa.Column("address", sa.String(1024), index=True),
+    sa.Column("ip", sa.String(64)),
+    sa.Column("user_agent", sa.Text),
+    sa.Column("note", sa.Text),
+    sa.Column("evidence", sa.JSON),
+    sa.Column("personal_digest", sa.String(64), nullable=False),
+    sa.Column("redacted", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.UniqueConstraint("partition", "seq", name="uq_ledger_events_partition_seq"),
+)
+
+ledger_heads = sa.Table(
+    "ledger_heads", metadata,
+    sa.Column("partition", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
