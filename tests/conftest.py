@@ -64,9 +64,8 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("sqlite") / "template.db"
     engine = make_engine(f"sqlite:///{path}")
     upgrade(engine)
-    with engine.connect() as conn:
-        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    engine.dispose()
+    engine.dispose()  # closing the last connection checkpoints the WAL into the file
+    assert not path.with_name(path.name + "-wal").exists()
     return path
 
 
@@ -106,3 +105,15 @@ def engine(db_url: str) -> Iterator[sa.Engine]:
 @pytest.fixture
 def settings(db_url: str) -> Settings:
     return Settings(database_url=db_url)
+
+
+@pytest.fixture
+def pg_engine(pg_url: str | None) -> Iterator[sa.Engine]:
+    """An empty PostgreSQL database, for tests of what only PostgreSQL does (row locks,
+    concurrent writers)."""
+    if pg_url is None:
+        pytest.skip("PostgreSQL is not reachable (set CI=true to make this fail)")
+    engine = make_engine(pg_url)
+    _truncate_all(engine)
+    yield engine
+    engine.dispose()

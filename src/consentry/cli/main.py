@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from consentry.cli import privacy_cmds, profiles_cmds, quarantine_cmds
+from consentry.cli import demo_cmd, privacy_cmds, profiles_cmds, quarantine_cmds
 from consentry.cli.common import ROOT, Ctx, command, out_console, print_json, table
 from consentry.consent import service as consent
 from consentry.domain.channels import parse_channel
@@ -43,6 +43,9 @@ def root(
 
 ChannelOption = Annotated[str | None, typer.Option("--channel", help="email, sms or push.")]
 NoteOption = Annotated[str | None, typer.Option("--note", help="Why; kept in the ledger.")]
+
+
+command(app, "demo")(demo_cmd.demo)
 
 
 @command(db_app, "upgrade")

@@ -111,10 +111,10 @@ def import_(
     = None,
 ) -> None:
     """Upsert profiles from a CSV file (by external id, else by email)."""
-    from consentry.profiles.csv_io import import_profiles
-
     if not file.is_file():
         raise ConsentryError(f"{file}: no such file")
+    from consentry.profiles.csv_io import import_profiles
+
     with progress_bar(f"importing {file.name}") as progress:
         result = import_profiles(ctx.engine, ctx.settings, file, rejects_path=rejects,
                                  service_slug=service,

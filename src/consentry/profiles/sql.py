@@ -43,5 +43,5 @@ def holders(channel: str, address: str) -> sa.Select:
         return sa.select(p.c.id).where(p.c.email_key == address).order_by(p.c.id)
     if channel == "sms":
         return sa.select(p.c.id).where(p.c.phone == address).order_by(p.c.id)
-    return sa.select(t.c.profile_id.distinct()).where(t.c.token == address).order_by(
-        t.c.profile_id)
+    return (sa.select(t.c.profile_id).where(t.c.token == address).distinct()
+            .order_by(t.c.profile_id))

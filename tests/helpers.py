@@ -1,0 +1,33 @@
+"""Small helpers shared by the tests."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from typer.testing import CliRunner
+
+from consentry.cli.common import ROOT
+from consentry.cli.main import app
+
+
+@dataclass
+class Run:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+    def json_lines(self) -> list[Any]:
+        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+
+
+def cli(db_url: str, *args: str, input: str | None = None) -> Run:
+    """Run `consentry ARGS --database URL` in-process, as a user would type it."""
+    ROOT.database, ROOT.json = None, False
+    result = CliRunner().invoke(app, [*args, "--database", db_url], input=input,
+                                catch_exceptions=False)
+    return Run(result.exit_code, result.stdout, result.stderr)
