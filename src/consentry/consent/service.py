@@ -188,12 +188,22 @@ def _record(conn: sa.Connection, profile_id: int, service: Service,
                                       new_state=new.value)])
 
 
-def subscriptions_of(conn: sa.Connection, profile_id: int) -> list[dict[str, Any]]:
-    return [{"service": r["slug"], "channel": r["channel"], "state": r["state"],
-             "state_at": r["state_at"].isoformat(),
-             "subscribed_at": r["subscribed_at"].isoformat() if r["subscribed_at"] else None,
-             "expires_at": r["expires_at"].isoformat() if r["expires_at"] else None}
-            for r in conn.execute(sql.SUBSCRIPTIONS_OF, {"profile_id": profile_id}).mappings()]
+def subscriptions_of(conn: sa.Connection, profile_id: int,
+                     now: datetime | None = None) -> list[dict[str, Any]]:
+    """A profile's subscriptions as they stand now: one whose validity ended reads as expired
+    even before the periodic task has recorded it."""
+    now = now or utcnow()
+    result = []
+    for r in conn.execute(sql.SUBSCRIPTIONS_OF, {"profile_id": profile_id}).mappings():
+        state = rules.SubscriptionState(r["state"])
+        if rules.expired(state, r["expires_at"], now):
+            state = rules.SubscriptionState.EXPIRED
+        result.append({
+            "service": r["slug"], "channel": r["channel"], "state": state.value,
+            "state_at": r["state_at"].isoformat(),
+            "subscribed_at": r["subscribed_at"].isoformat() if r["subscribed_at"] else None,
+            "expires_at": r["expires_at"].isoformat() if r["expires_at"] else None})
+    return result
 
 
 def expire_subscriptions(conn: sa.Connection, now: datetime | None = None) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from consentry.consent import service as consent
-from consentry.domain import quarantine as qrules
+from consentry.domain import reachability
 from consentry.domain.addresses import (
     Address,
     normalize_email,
@@ -158,10 +158,13 @@ def show(conn: sa.Connection, settings: Settings, profile_id: int,
         entry = quarantine.status_of(conn, address, settings.quarantine, now)
         others = [i for i in conn.execute(sql.holders(address.channel.value, address.key))
                   .scalars() if i != profile_id]
+        excluded = reachability.first_exclusion(reachability.Recipient(
+            channel=address.channel.value, address=address.value, address_valid=True,
+            optouts=optouts, address_status=entry.status))
         addresses.append({"address": address.value, "channel": address.channel.value,
                           "status": entry.status.value, "reason": entry.reason,
-                          "reachable": not qrules.is_blocking(entry.status)
-                          and not optouts.blocks(address.channel.value),
+                          "reachable": excluded is None,
+                          "excluded_by": excluded.value if excluded else None,
                           "shared_with": others})
     tokens = [{"token": t["token"], "app_id": t["app_id"], "platform": t["platform"]}
               for t in conn.execute(sql.TOKENS_OF, {"profile_id": profile_id}).mappings()]
