@@ -186,3 +186,36 @@ def test_concurrent_bounces_for_one_address_are_serialized(pg_engine):
     assert steps[0] == ("valid", "erroneous(1)")
     for (_, previous_new), (old, _) in itertools.pairwise(steps):
         assert old == previous_new, steps
+
+
+def test_first_bounces_for_a_new_address_race_without_error(pg_engine):
+    """Two transactions creating the entry for one unknown address at once: the loser of the
+    insert goes again through the row lock instead of failing."""
+    import threading
+
+    engine, settings = pg_engine, Settings()
+    address = normalize_email("new@example.com")
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def bounce(minute: int) -> None:
+        try:
+            with engine.begin() as conn:
+                barrier.wait()
+                quarantine.apply(conn, address, rules.Failure("user_unknown"), BOUNCE,
+                                 settings.quarantine, now=T0 + timedelta(minutes=minute))
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=bounce, args=(m,)) for m in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(quarantine_table)).mappings().all()
+        steps = conn.execute(sa.select(ledger_events.c.old_state, ledger_events.c.new_state)
+                             ).all()
+    assert len(rows) == 1 and rows[0]["status"] == "quarantined"
+    assert steps == [("valid", "quarantined(user_unknown)")]

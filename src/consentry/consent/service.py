@@ -18,6 +18,11 @@ from consentry.ledger import service as ledger
 from consentry.store.types import utcnow
 
 
+def lock_profile(conn: sa.Connection, profile_id: int) -> None:
+    if conn.execute(sql.LOCK_PROFILE, {"profile_id": profile_id}).first() is None:
+        raise NotFound(f"no profile {profile_id}")
+
+
 def optouts(conn: sa.Connection, profile_id: int) -> rules.OptOuts:
     rows = conn.execute(sql.OPTOUTS_OF, {"profile_id": profile_id}).mappings().all()
     return rules.OptOuts(frozenset(r["scope"] for r in rows))
@@ -34,6 +39,7 @@ def opt_out(conn: sa.Connection, profile_id: int, channel: Channel | None, origi
     """Opt the profile out of everything (channel None) or one channel; False if it already was.
     Nothing is deleted: subscriptions and addresses stay as they are."""
     now = now or utcnow()
+    lock_profile(conn, profile_id)
     scope = rules.optout_scope(channel.value if channel else None)
     if scope in optouts(conn, profile_id).scopes:
         return False
@@ -49,6 +55,7 @@ def opt_in(conn: sa.Connection, profile_id: int, channel: Channel | None, origin
            now: datetime | None = None) -> bool:
     """Undo an opt-out of everything (channel None) or of one channel; False if there was none."""
     now = now or utcnow()
+    lock_profile(conn, profile_id)
     scope = rules.optout_scope(channel.value if channel else None)
     deleted = conn.execute(sql.DELETE_OPTOUT, {"profile_id": profile_id, "scope": scope})
     if not deleted.rowcount:
@@ -138,6 +145,7 @@ class SubscriptionResult:
 def subscribe(conn: sa.Connection, profile_id: int, service: Service, origin: Origin, *,
               confirmed: bool = False, now: datetime | None = None) -> SubscriptionResult:
     now = now or utcnow()
+    lock_profile(conn, profile_id)
     row = conn.execute(sql.SUBSCRIPTION, {"profile_id": profile_id,
                                           "service_id": service.id}).mappings().first()
     current = rules.SubscriptionState(row["state"]) if row else None
@@ -154,6 +162,7 @@ def subscribe(conn: sa.Connection, profile_id: int, service: Service, origin: Or
 def unsubscribe(conn: sa.Connection, profile_id: int, service: Service, origin: Origin,
                 now: datetime | None = None) -> SubscriptionResult:
     now = now or utcnow()
+    lock_profile(conn, profile_id)
     row = conn.execute(sql.SUBSCRIPTION, {"profile_id": profile_id,
                                           "service_id": service.id}).mappings().first()
     current = rules.SubscriptionState(row["state"]) if row else None

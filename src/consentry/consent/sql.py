@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from consentry.store.schema import opt_outs, services, subscriptions
+from consentry.store.schema import opt_outs, profiles, services, subscriptions
+
+# Every consent change of a profile first locks its row: changes to one profile are serialized
+# (no two opt-outs racing into a duplicate key, no lost subscription update), changes to
+# different profiles are not. SQLite ignores FOR UPDATE; its write lock is global anyway.
+LOCK_PROFILE = (sa.select(profiles.c.id).where(profiles.c.id == sa.bindparam("profile_id"))
+                .with_for_update())
 
 OPTOUTS_OF = sa.select(opt_outs).where(opt_outs.c.profile_id == sa.bindparam("profile_id"))
 

@@ -61,11 +61,17 @@ def apply(conn: sa.Connection, address: Address, event: rules.Event, origin: Ori
     if origin.note is not None:
         values["note"] = origin.note
     if row is None:
-        conn.execute(sql.INSERT, {
-            **values, "channel": address.channel.value, "address_key": address.key,
-            "address": address.value, "created_at": now,
-            "domain": email_domain(address.key) if address.channel is Channel.EMAIL else None,
-            "note": origin.note})
+        try:
+            with conn.begin_nested():
+                conn.execute(sql.INSERT, {
+                    **values, "channel": address.channel.value, "address_key": address.key,
+                    "address": address.value, "created_at": now, "note": origin.note,
+                    "domain": email_domain(address.key)
+                    if address.channel is Channel.EMAIL else None})
+        except sa.exc.IntegrityError:
+            # Another transaction created the entry since we looked: go again, this time
+            # through the row lock, so the event applies to the state it left.
+            return apply(conn, address, event, origin, settings, now)
     elif after != before or origin.note is not None:
         conn.execute(sql.UPDATE, {**values, "entry_id": row["id"]})
     if change.changed:
