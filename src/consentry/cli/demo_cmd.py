@@ -53,16 +53,19 @@ def demo(ctx: Ctx, profiles_count: Annotated[int, typer.Option(
         examples = {}
     db = "" if ctx.settings.database_url == "sqlite:///consentry.db" else (
         f" --database {ctx.settings.database_url}")
+    ex = examples.get
     tips = [
-        f"consentry profiles show {examples.get('opted_out', '1')}{db}",
-        f"consentry profiles duplicates{db}",
-        f"consentry profiles show {examples.get('two_profiles', '2')}{db}",
-        f"consentry quarantine list --status quarantined{db}",
-        f"consentry quarantine show {examples.get('quarantined', 'ADDRESS')}{db}",
-        f"consentry services list{db}",
-        f"consentry ledger show {examples.get('subscribed', '3')}{db}",
-        f"consentry ledger verify{db}",
-        f"consentry optout {examples.get('subscribed', '3')} --channel email --note 'asked by "
-        f"phone'{db}",
+        f"profiles show {ex('opted_out', '1')}",
+        "profiles duplicates",
+        f"profiles show {ex('two_profiles', '2')}",
+        f"profiles show {ex('two_profiles_other', '3')}",
+        "quarantine list --status quarantined --limit 20",
+        f"quarantine show {ex('mailbox_full', ex('quarantined', 'ADDRESS'))}",
+        "quarantine release --reason user_unknown --domain mail.example.com --dry-run",
+        "services list",
+        f"ledger show {ex('subscribed', '4')}",
+        "ledger verify",
+        f"optout {ex('subscribed', '4')} --channel email --note 'asked by phone'",
     ]
-    out_console.print(Panel("\n".join(tips), title="try", expand=False), highlight=False)
+    lines = [f"uv run consentry {tip}{db}" for tip in tips]
+    out_console.print(Panel("\n".join(lines), title="try", expand=False), highlight=False)
