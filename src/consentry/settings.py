@@ -25,6 +25,28 @@ class Settings:
     smtp_url: str | None = None
     default_region: str = "DE"
     quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)
+    # Email sending: From header, the domain of VERP return paths and mailto unsubscribes.
+    email_from: str = "Consentry <noreply@example.com>"
+    bounce_domain: str = "bounces.example.com"
+    sending: SendingSettings = field(default_factory=lambda: SendingSettings())
+    # SMS and push connectors (HTTP): provider "generic" (JSON) or "twilio" for SMS.
+    sms_url: str | None = None
+    sms_provider: str = "generic"
+    sms_from: str | None = None
+    sms_token: str | None = None  # bearer token, or "ACCOUNT_SID:AUTH_TOKEN" for twilio
+    push_url: str | None = None  # FCM v1 shaped: POST {push_url} with {"message": {...}}
+    push_token: str | None = None
+
+
+@dataclass(frozen=True)
+class SendingSettings:
+    rate: float = 200.0  # messages per second over all connections (0: unlimited)
+    concurrency: int = 8  # SMTP connections / HTTP requests in parallel
+    per_domain_rate: float = 50.0  # messages per second to one recipient domain (0: unlimited)
+    batch_size: int = 500  # rows claimed, re-checked and sent together
+    dkim_selector: str | None = None
+    dkim_domain: str | None = None
+    dkim_key_file: str | None = None  # PEM private key
 
 
 _ENV = {
@@ -33,6 +55,19 @@ _ENV = {
     "CONSENTRY_SECRET_KEYS": "secret_keys",
     "CONSENTRY_SMTP_URL": "smtp_url",
     "CONSENTRY_DEFAULT_REGION": "default_region",
+    "CONSENTRY_EMAIL_FROM": "email_from",
+    "CONSENTRY_BOUNCE_DOMAIN": "bounce_domain",
+    "CONSENTRY_SMS_URL": "sms_url",
+    "CONSENTRY_SMS_PROVIDER": "sms_provider",
+    "CONSENTRY_SMS_FROM": "sms_from",
+    "CONSENTRY_SMS_TOKEN": "sms_token",
+    "CONSENTRY_PUSH_URL": "push_url",
+    "CONSENTRY_PUSH_TOKEN": "push_token",
+}
+
+_SENDING_KEYS: dict[str, Any] = {
+    "rate": float, "concurrency": int, "per_domain_rate": float, "batch_size": int,
+    "dkim_selector": str, "dkim_domain": str, "dkim_key_file": str,
 }
 
 _QUARANTINE_KEYS = {
@@ -70,6 +105,8 @@ def load_settings(database: str | None = None, *, cwd: Path | None = None,
         for key, value in data.items():
             if key == "quarantine" and isinstance(value, dict):
                 settings = replace(settings, quarantine=_quarantine(toml_path, value))
+            elif key == "sending" and isinstance(value, dict):
+                settings = replace(settings, sending=_sending(toml_path, value))
             elif key in _ENV.values():
                 settings = _apply(settings, key, value)
             else:
@@ -94,3 +131,16 @@ def _quarantine(path: Path, table: dict[str, Any]) -> QuarantineSettings:
         except (TypeError, ValueError):
             raise ConsentryError(f"{path}: quarantine.{key} must be a number") from None
     return QuarantineSettings(**values)
+
+
+def _sending(path: Path, table: dict[str, Any]) -> SendingSettings:
+    values: dict[str, Any] = {}
+    for key, raw in table.items():
+        if key not in _SENDING_KEYS:
+            raise ConsentryError(f"{path}: unknown setting sending.{key}; expected one of "
+                                 f"{', '.join(_SENDING_KEYS)}")
+        try:
+            values[key] = _SENDING_KEYS[key](raw)
+        except (TypeError, ValueError):
+            raise ConsentryError(f"{path}: sending.{key} has the wrong type") from None
+    return SendingSettings(**values)

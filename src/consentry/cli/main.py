@@ -7,7 +7,13 @@ from typing import Annotated
 
 import typer
 
-from consentry.cli import demo_cmd, privacy_cmds, profiles_cmds, quarantine_cmds
+from consentry.cli import (
+    delivery_cmds,
+    demo_cmd,
+    privacy_cmds,
+    profiles_cmds,
+    quarantine_cmds,
+)
 from consentry.cli.common import ROOT, Ctx, command, out_console, print_json, table
 from consentry.consent import service as consent
 from consentry.domain.channels import parse_channel
@@ -29,6 +35,7 @@ app.add_typer(services_app, name="services")
 app.add_typer(quarantine_cmds.app, name="quarantine")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(privacy_cmds.app, name="privacy")
+app.add_typer(delivery_cmds.app, name="delivery")
 
 
 @app.callback()
@@ -46,6 +53,8 @@ NoteOption = Annotated[str | None, typer.Option("--note", help="Why; kept in the
 
 
 command(app, "demo")(demo_cmd.demo)
+command(app, "explain")(delivery_cmds.explain)
+command(app, "worker")(delivery_cmds.worker)
 
 
 @command(db_app, "upgrade")

@@ -163,3 +163,62 @@ ledger_heads = sa.Table(
     sa.Column("seq", sa.BigInteger, nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
 )
+
+# --- deliveries ------------------------------------------------------------------------------
+
+deliveries = sa.Table(
+    "deliveries", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("channel", sa.String(8), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # marketing | transactional
+    sa.Column("audience", sa.String(16), nullable=False),  # service | all | filter | proof
+    sa.Column("service_id", BigId, sa.ForeignKey("services.id", ondelete="RESTRICT")),
+    sa.Column("audience_filter", sa.JSON),  # [[field, value], ...] on profile fields
+    sa.Column("proof_addresses", sa.JSON),  # seed/test addresses for a proof delivery
+    sa.Column("target_limit", sa.Integer),
+    sa.Column("fatigue_max", sa.Integer),
+    sa.Column("fatigue_days", sa.Integer),
+    sa.Column("subject", sa.Text),
+    sa.Column("text_body", sa.Text),
+    sa.Column("html_body", sa.Text),
+    sa.Column("push_title", sa.Text),
+    sa.Column("state", sa.String(16), nullable=False),  # draft analyzed sending paused done
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("created_by", sa.String(255)),
+    sa.Column("analyzed_at", UTCDateTime),
+    sa.Column("started_at", UTCDateTime),
+    sa.Column("finished_at", UTCDateTime),
+)
+
+# One row per recipient address of a delivery: excluded with its reason at analysis, or moving
+# pending -> in_flight -> sent | failed | excluded_at_send | unknown while it is sent.
+delivery_targets = sa.Table(
+    "delivery_targets", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("delivery_id", BigId, sa.ForeignKey("deliveries.id", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("profile_id", sa.BigInteger),  # no foreign key: reports outlive erasure
+    sa.Column("address", sa.String(1024)),
+    sa.Column("address_key", sa.String(1024)),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(32)),  # exclusion reason or failure reason
+    sa.Column("detail", sa.Text),  # the SMTP reply or provider answer
+    sa.Column("worker", sa.String(128)),
+    sa.Column("claimed_at", UTCDateTime),
+    sa.Column("sent_at", UTCDateTime),
+    sa.Column("message_id", sa.String(255)),
+    sa.Index("ix_delivery_targets_delivery_state", "delivery_id", "state"),
+    sa.Index("ix_delivery_targets_profile_sent", "profile_id", "sent_at"),
+)
+
+# Sending processes and their heartbeats: a claim held by a worker that stopped beating is
+# one whose outcome nobody knows.
+workers = sa.Table(
+    "workers", metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("heartbeat_at", UTCDateTime, nullable=False),
+)

@@ -1,0 +1,1 @@
+"""Deliveries: analysis with exclusion causes, sending with a re-check per batch, reports."""
