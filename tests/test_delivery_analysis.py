@@ -17,7 +17,8 @@ from consentry.domain.errors import ConsentryError
 from consentry.domain.ledger import Origin
 from consentry.profiles import service as profiles
 from consentry.quarantine import service as quarantine
-from consentry.store.schema import delivery_targets, ledger_events, profiles as profiles_table
+from consentry.store.schema import delivery_targets, ledger_events
+from consentry.store.schema import profiles as profiles_table
 from helpers import cli
 
 OP = Origin(source="cli", actor="os:tester")
@@ -197,7 +198,8 @@ def test_filter_audience_and_proofs(engine, settings):
     (Content(subject="x", text="no link", html="<a href='{{ unsubscribe_url }}'>u</a>"),
      "in its text part"),
     (Content(subject="x", text="{{ unsubscribe_url }}", html="<p>none</p>"), "in its html part"),
-    (Content(subject="x", text="Hi {{ profile.first_name }\n{{ unsubscribe_url }}"), "text: line 1"),
+    (Content(subject="x", text="Hi {{ profile.first_name }\n{{ unsubscribe_url }}"),
+     "text: line 1"),
     (Content(subject="x", text="line one\n{{ unsubscribe_url }}\n{{ nope.x }}"), "text: line 3"),
     (Content(subject="", text="{{ unsubscribe_url }}"), "subject"),
 ])
