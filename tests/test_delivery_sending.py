@@ -5,6 +5,7 @@ and several workers."""
 from __future__ import annotations
 
 import email
+import json
 import os
 import signal
 import subprocess
@@ -108,6 +109,9 @@ def test_received_messages_carry_headers_and_honour_exclusions(engine, settings,
         kind, delivery_id, target_id = signer.read_address_tag(
             received.mail_from.split("@")[0])
         assert (kind, delivery_id) == ("b", did)
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(delivery_targets.c.profile_id).where(
+                delivery_targets.c.id == target_id)).scalar_one() == ids[index]
         text = msg.get_body(("plain",)).get_content()
         html = msg.get_body(("html",)).get_content()
         link = unsubscribe[1:unsubscribe.index(">")]
@@ -251,8 +255,6 @@ def test_killed_sender_resumes_without_sending_anyone_twice(engine, settings, si
     assert set(states) <= {"sent", "unknown"}
     sent = {f"p{ids.index(pid)}@example.com" for pid, (st, _) in targets.items() if st == "sent"}
     assert sent <= set(received)
-    import json
-
     result = json.loads(second.stdout)
     assert result["unknown"] == states.count("unknown") <= 20
     assert states.count("sent") + states.count("unknown") == 120
