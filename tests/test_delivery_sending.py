@@ -24,7 +24,7 @@ from consentry.delivery import service as deliveries
 from consentry.delivery.content import Content
 from consentry.delivery.transports import transport_for
 from consentry.domain import quarantine as qrules
-from consentry.domain.addresses import normalize_email
+from consentry.domain.addresses import normalize_email, normalize_phone, normalize_push_token
 from consentry.domain.channels import Channel
 from consentry.domain.ledger import Origin
 from consentry.profiles import service as profiles
@@ -32,6 +32,7 @@ from consentry.quarantine import service as quarantine
 from consentry.settings import SendingSettings, Settings
 from consentry.store.schema import delivery_targets, ledger_events
 from consentry.tokens import Signer
+from http_sink import Reply, http_sink
 from smtp_sink import SmtpSink
 
 OP = Origin(source="cli", actor="os:tester")
@@ -285,3 +286,70 @@ def test_two_workers_share_one_delivery_on_postgresql(pg_engine, pg_url, sink, t
         state = deliveries.get(conn, did)["state"]
     assert len(by_worker) == 2 and all(n >= 20 for _, n in by_worker), by_worker
     assert state == "done"
+
+
+def test_sms_delivery_through_the_http_connector(engine, settings):
+    def answer(request):
+        if request.json()["to"] == "+4915100000002":
+            return Reply(400, {"error": "invalid_number", "message": "no such subscriber"})
+        return Reply(200, {"id": "sms-" + request.json()["to"][-2:]})
+
+    with http_sink(answer) as sms:
+        s = replace(settings, sms_url=sms.url + "/send", sms_from="Consentry", sms_token="t0k",
+                    sending=SendingSettings(rate=0, per_domain_rate=0))
+        with engine.begin() as conn:
+            consent.create_service(conn, "alerts", Channel.SMS, "Alerts")
+            ids = [profiles.create(conn, s, profiles.NewProfile(
+                phone=f"+49151000000{i:02d}", first_name=f"N{i}"), OP) for i in range(4)]
+            for pid in ids:
+                consent.subscribe(conn, pid, consent.get_service(conn, "alerts"), OP)
+            consent.opt_out(conn, ids[3], Channel.SMS, OP)
+            did = deliveries.create(conn, s, deliveries.NewDelivery(
+                name="alert", channel=Channel.SMS, service="alerts",
+                content=Content(text="Hallo {{ profile.first_name }}, STOP zum Abmelden")), None)
+            deliveries.analyze(conn, s, did)
+        stats = sending.send(engine, s, did, transport_for("sms", s))
+        bodies = sorted((r.json()["to"], r.json()["text"]) for r in sms.requests)
+    assert bodies == [("+4915100000000", "Hallo N0, STOP zum Abmelden"),
+                      ("+4915100000001", "Hallo N1, STOP zum Abmelden"),
+                      ("+4915100000002", "Hallo N2, STOP zum Abmelden")]
+    assert (stats.sent, stats.failed) == (2, 1)
+    targets = _targets(engine, did)
+    assert targets[ids[2]] == ("failed", "user_unknown")
+    assert targets[ids[3]] == ("excluded", "channel_opted_out")
+    with engine.connect() as conn:
+        assert quarantine.show(conn, normalize_phone("+4915100000002"),
+                               s.quarantine)["status"] == "quarantined"
+
+
+def test_unregistered_push_token_is_quarantined(engine, settings):
+    def answer(request):
+        token = request.json()["message"]["token"]
+        if token == "token-gone-0000":
+            return Reply(404, {"error": {"code": 404, "status": "NOT_FOUND",
+                                         "message": "Requested entity was not found.",
+                                         "details": [{"errorCode": "UNREGISTERED"}]}})
+        return Reply(200, {"name": f"projects/demo/messages/{token}"})
+
+    with http_sink(answer) as push:
+        s = replace(settings, push_url=push.url + "/v1/messages:send", push_token="bearer",
+                    sending=SendingSettings(rate=0, per_domain_rate=0))
+        with engine.begin() as conn:
+            a = profiles.create(conn, s, profiles.NewProfile(push_tokens=(
+                profiles.PushToken("token-live-0000", "app", "android"),
+                profiles.PushToken("token-gone-0000", "app", "ios"))), OP)
+            profiles.create(conn, s, profiles.NewProfile(email="nopush@example.com"), OP)
+            did = deliveries.create(conn, s, deliveries.NewDelivery(
+                name="push", channel=Channel.PUSH, audience="all",
+                content=Content(subject="Sale", text="Hi {{ profile.first_name }}")), None)
+            result = deliveries.analyze(conn, s, did)
+        assert result["audience"] == 3 and result["excluded"] == {"address_missing": 1}
+        stats = sending.send(engine, s, did, transport_for("push", s))
+        titles = {r.json()["message"]["notification"]["title"] for r in push.requests}
+    assert (stats.sent, stats.failed) == (1, 1) and titles == {"Sale"}
+    with engine.connect() as conn:
+        entry = quarantine.show(conn, normalize_push_token("token-gone-0000"), s.quarantine)
+        shown = profiles.show(conn, s, a)
+    assert entry["status"] == "quarantined" and entry["reason"] == "user_unknown"
+    assert {x["address"]: x["status"] for x in shown["addresses"]} == {
+        "token-live-0000": "valid", "token-gone-0000": "quarantined"}
