@@ -13,6 +13,7 @@ from consentry.cli.common import Ctx, command, err_console, out_console, print_j
 from consentry.delivery import sending
 from consentry.delivery import service as deliveries
 from consentry.delivery.content import Content
+from consentry.delivery.content import check as check_content
 from consentry.delivery.transports import transport_for
 from consentry.domain.channels import parse_channel
 from consentry.domain.errors import ConsentryError
@@ -73,7 +74,15 @@ def create(
                         html=_read(html, "--html")))
     with ctx.begin() as conn:
         delivery_id = deliveries.create(conn, ctx.settings, new, ctx.origin().actor)
-    ctx.emit({"id": delivery_id}, lambda: out_console.print(f"delivery {delivery_id} created"))
+    data: dict = {"id": delivery_id}
+    checked = check_content(new.content, channel=new.channel.value, marketing=kind == "marketing")
+    if checked.sms:
+        data["sms"] = {"encoding": checked.sms.encoding, "units": checked.sms.units,
+                       "segments": checked.sms.segments}
+    ctx.emit(data, lambda: out_console.print(
+        f"delivery {delivery_id} created" + (
+            f"; the SMS is {checked.sms.units} {checked.sms.encoding} characters in "
+            f"{checked.sms.segments} segment(s)" if checked.sms else "")))
 
 
 @command(app, "analyze")
