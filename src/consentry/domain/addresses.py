@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
+from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 
 from consentry.domain.channels import Channel
 from consentry.domain.errors import InvalidAddress
@@ -63,6 +64,8 @@ def _fast_email(text: str) -> Address | None:
         or domain.rsplit(".", 1)[1] in _SPECIAL_USE_TLDS
     ):
         return None
+    if local.lower() in CASE_INSENSITIVE_MAILBOX_NAMES:
+        local = local.lower()  # as email-validator does for RFC 2142 role names (INFO@...)
     value = f"{local}@{domain}"
     return Address(Channel.EMAIL, value, f"{ascii_lower(local)}@{domain}")
 

@@ -133,19 +133,21 @@ def release_due(entry: Entry, now: datetime, settings: QuarantineSettings) -> bo
     mailbox: `mailbox_full_release_after` after the last error. Quarantine for anything else,
     denylisted and allowlisted never end by time.
     """
-    if entry.last_error_at is None:
-        return False
-    if entry.status is Status.ERRONEOUS:
+    if entry.status is Status.ERRONEOUS and entry.last_error_at is not None:
         return now - entry.last_error_at >= settings.erroneous_reset_after
     if entry.status is Status.QUARANTINED and entry.reason == "mailbox_full":
-        return now - entry.last_error_at >= settings.mailbox_full_release_after
+        # From the later of the last error and the quarantine itself: one set by an operator
+        # or an import runs its full period too.
+        since = max(t for t in (entry.last_error_at, entry.status_at) if t is not None) if (
+            entry.last_error_at or entry.status_at) else None
+        return since is not None and now - since >= settings.mailbox_full_release_after
     return False
 
 
 def release_cutoffs(now: datetime, settings: QuarantineSettings) -> tuple[datetime, datetime]:
-    """The last_error_at bounds under which `release_due` holds, for a set-based SQL filter:
-    (erroneous entries at or before the first, mailbox-full quarantines at or before the second).
-    """
+    """The bounds under which `release_due` holds, for a set-based SQL filter: erroneous
+    entries whose last error is at or before the first; mailbox-full quarantines whose last
+    error and status change are both at or before the second (NULLs count as before)."""
     return now - settings.erroneous_reset_after, now - settings.mailbox_full_release_after
 
 
@@ -195,6 +197,11 @@ def _apply_failure(entry: Entry, failure: Failure, now: datetime,
             return seen
         return replace(seen, status=Status.DENYLISTED, reason=failure.reason, status_at=now)
     if entry.status in BLOCKING:
+        if (klass is FailureClass.HARD and entry.status is Status.QUARANTINED
+                and entry.reason == "mailbox_full"):
+            # A full mailbox that now bounces hard is gone: the quarantine stops expiring.
+            return replace(seen, reason=failure.reason, error_count=entry.error_count + 1,
+                           last_counted_at=now, status_at=now)
         # Already not sent to; a full mailbox seen again restarts its release clock.
         return seen
     if klass is FailureClass.HARD:

@@ -64,7 +64,9 @@ def due_for_time_release(erroneous_cutoff: datetime, mailbox_full_cutoff: dateti
     return sa.select(q).where(sa.or_(
         sa.and_(q.c.status == "erroneous", q.c.last_error_at <= erroneous_cutoff),
         sa.and_(q.c.status == "quarantined", q.c.reason == "mailbox_full",
-                q.c.last_error_at <= mailbox_full_cutoff),
+                sa.or_(q.c.last_error_at.is_(None), q.c.last_error_at <= mailbox_full_cutoff),
+                sa.or_(q.c.status_at.is_(None), q.c.status_at <= mailbox_full_cutoff),
+                sa.or_(q.c.last_error_at.is_not(None), q.c.status_at.is_not(None))),
     )).with_for_update()
 
 
