@@ -464,11 +464,16 @@ def _with_history(entry: rules.Entry, history: _History) -> rules.Entry:
     if entry.status is rules.Status.ERRONEOUS:
         count = max(count, 1)
         counted = _latest(counted, history.last_error_at)
+    status_at = entry.status_at
+    if entry.status in (rules.Status.QUARANTINED, rules.Status.ERRONEOUS):
+        # The export's last error is when the address got its status there; time-based
+        # releases (domain.quarantine.release_due) run from it, not from the import.
+        status_at = _earliest(status_at, history.last_error_at)
     return rules.Entry(
         status=entry.status, reason=entry.reason, error_count=count,
         first_error_at=_earliest(entry.first_error_at, history.first_error_at),
         last_error_at=_latest(entry.last_error_at, history.last_error_at),
-        last_counted_at=counted, status_at=entry.status_at)
+        last_counted_at=counted, status_at=status_at)
 
 
 # --- Writing -------------------------------------------------------------------------------------
