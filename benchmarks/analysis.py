@@ -136,7 +136,7 @@ def main() -> None:
                                                "postgres")
     parser.add_argument("--skip-sqlite", action="store_true")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=160)
     runs = []
     if not args.skip_sqlite:
         runs.append(("SQLite", run_sqlite(args.profiles), 3.0))

@@ -353,3 +353,22 @@ def test_unregistered_push_token_is_quarantined(engine, settings):
     assert entry["status"] == "quarantined" and entry["reason"] == "user_unknown"
     assert {x["address"]: x["status"] for x in shown["addresses"]} == {
         "token-live-0000": "valid", "token-gone-0000": "quarantined"}
+
+
+def test_unreachable_relay_fails_softly_without_touching_quarantine(engine, settings):
+    from consentry.delivery.email_transport import SmtpTransport, parse_smtp_url
+    from smtp_sink import free_port
+
+    s = replace(settings, smtp_url=f"smtp://127.0.0.1:{free_port()}",
+                sending=SendingSettings(rate=0, per_domain_rate=0))
+    did, _ = _delivery(engine, s, 3)
+    with engine.begin() as conn:
+        deliveries.analyze(conn, s, did)
+    transport = SmtpTransport(parse_smtp_url(s.smtp_url), s.sending, email_from=s.email_from,
+                              retry_delays=(0.05, 0.1))
+    stats = sending.send(engine, s, did, transport)
+    assert (stats.sent, stats.failed, stats.failures) == (0, 3, {"unreachable": 3})
+    assert all(v == ("failed", "unreachable") for v in _targets(engine, did).values())
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(ledger_events).where(
+            ledger_events.c.kind == "quarantine")).scalar() == 0

@@ -235,7 +235,9 @@ class DeliveryRun:
                 marks.append({"target_id": o.target_id, "new_state": "failed",
                               "new_reason": reason, "new_detail": o.detail or None,
                               "new_sent_at": None, "new_message_id": o.provider_id})
-                failed.append((o, batch.addresses[o.target_id]))
+                if o.about_address:
+                    failed.append((o, batch.addresses[o.target_id]))
+                stats.failed += 1
                 stats.failures[reason] = stats.failures.get(reason, 0) + 1
         with self.engine.begin() as conn:
             if marks:
@@ -258,7 +260,6 @@ class DeliveryRun:
                     quarantine.apply(conn, Address(self.channel, key, key), qrules.Success(),
                                      origin, self.settings.quarantine, now)
         stats.sent += sum(1 for o in outcomes if o.accepted)
-        stats.failed += len(failed)
         stats.excluded_at_send += batch.excluded
         self.worker.beat()
 

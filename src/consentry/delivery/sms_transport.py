@@ -279,7 +279,7 @@ class HttpTransport:
                            provider_id=verdict.provider_id)
         return Outcome(message.target_id, False, short(verdict.detail),
                        failure_class=verdict.klass, failure_reason=verdict.reason,
-                       provider_id=verdict.provider_id)
+                       provider_id=verdict.provider_id, about_address=not verdict.credentials)
 
 
 def _describe(exc: Exception) -> str:

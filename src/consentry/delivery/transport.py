@@ -37,6 +37,9 @@ class Outcome:
     failure_class: FailureClass | None = None
     failure_reason: str | None = None
     provider_id: str | None = None  # the provider's message id, or the Message-ID
+    # False when the failure says nothing about the address (our relay was unreachable, our
+    # sender or credentials were refused): it is reported but never fed to quarantine.
+    about_address: bool = True
 
 
 class Transport(Protocol):
