@@ -30,7 +30,8 @@ from consentry.store.engine import make_engine, upgrade
 MAIL = Content(subject="Hi", text="Hello\n{{ unsubscribe_url }}\n")
 
 # Each rule hits a fixed residue class of the profile id, so the mix is exact and overlaps are
-# few (the analysis reports only the first failing rule per profile).
+# few (the analysis reports only the first failing rule per profile). Profile x = 100k + 1
+# shares the address of x - 1 and both are subscribed, so it is the duplicate.
 GENERATE = {
     "profiles": """
         INSERT INTO profiles (id, email, email_key, first_name, created_at, updated_at)
@@ -56,7 +57,8 @@ GENERATE = {
     "subscriptions": """
         INSERT INTO subscriptions (profile_id, service_id, state, state_at, subscribed_at,
                                    created_at)
-        SELECT x, 1, 'subscribed', :now, :now, :now FROM {seq} WHERE x % 2 = 0""",
+        SELECT x, 1, 'subscribed', :now, :now, :now FROM {seq}
+        WHERE x % 2 = 0 OR x % 100 = 1""",
 }
 
 

@@ -118,7 +118,7 @@ def analyze(conn: sa.Connection, settings: Settings, delivery_id: int,
              "state": "pending"} for a in delivery["proof_addresses"]])
     else:
         conn.execute(sql.insert_targets(delivery, now))
-        conn.execute(sql.exclude_duplicates(delivery_id))
+        conn.execute(sql.exclude_duplicates(delivery_id, delivery["channel"]))
         if delivery["fatigue_max"] and delivery["kind"] == "marketing":
             since = now - timedelta(days=delivery["fatigue_days"])
             conn.execute(sql.exclude_fatigue(delivery_id, since, delivery["fatigue_max"]))
