@@ -10,6 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from consentry.cli.common import Ctx, command, err_console, out_console, print_json, table
+from consentry.consent import service as consent
 from consentry.delivery import sending
 from consentry.delivery import service as deliveries
 from consentry.delivery.content import Content
@@ -18,8 +19,11 @@ from consentry.delivery.transports import transport_for
 from consentry.domain.channels import parse_channel
 from consentry.domain.errors import ConsentryError
 from consentry.profiles import service as profiles
+from consentry.quarantine import service as quarantine
 
 app = typer.Typer(no_args_is_help=True, help="Deliveries: create, analyse, send, report.")
+
+MAINTENANCE_EVERY = 60.0  # seconds between maintenance runs of `consentry worker`
 
 
 def _read(path: Path | None, option: str) -> str | None:
@@ -192,8 +196,18 @@ def worker(ctx: Ctx, poll: Annotated[float, typer.Option(
         "--poll", help="Seconds between looks for work.")] = 2.0,
            once: Annotated[bool, typer.Option("--once", help="Stop when no work is left.")]
            = False) -> None:
-    """Send deliveries that are in state `sending`; several workers may share PostgreSQL."""
+    """Send deliveries that are in state `sending` (several workers may share PostgreSQL),
+    and run the periodic maintenance: expired subscriptions, time-based quarantine releases."""
+    last_maintenance = 0.0
     while True:
+        if time.monotonic() - last_maintenance >= MAINTENANCE_EVERY:
+            with ctx.begin() as conn:
+                expired = consent.expire_subscriptions(conn)
+                released = quarantine.release_due(conn, ctx.settings.quarantine)
+            if expired or released:
+                err_console.print(f"{expired} subscriptions expired, {released} addresses "
+                                  "released")
+            last_maintenance = time.monotonic()
         with ctx.begin() as conn:
             ids = sending.sendable(conn)
         for delivery_id in ids:
