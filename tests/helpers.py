@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,3 +33,10 @@ def cli(db_url: str, *args: str, input: str | None = None) -> Run:
     result = CliRunner().invoke(app, [*args, "--database", db_url], input=input,
                                 catch_exceptions=False)
     return Run(result.exit_code, result.stdout, result.stderr)
+
+
+def run_in_threads(target: Callable[[int], None], count: int) -> None:
+    """Run target(0) .. target(count - 1) in threads at once; re-raise the first error."""
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        for future in [pool.submit(target, i) for i in range(count)]:
+            future.result()

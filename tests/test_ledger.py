@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -15,7 +14,7 @@ from consentry.privacy import service as privacy
 from consentry.profiles import service as profiles
 from consentry.settings import Settings
 from consentry.store.schema import ledger_events, ledger_heads
-from helpers import cli
+from helpers import cli, run_in_threads
 
 OP = Origin(source="cli", actor="os:tester")
 PAGE = Origin(source="landing_page", ip="203.0.113.9", user_agent="Mozilla/5.0",
@@ -140,25 +139,15 @@ def test_concurrent_writers_append_without_breaking_chains(pg_engine):
     with pg_engine.begin() as conn:
         ids = [profiles.create(conn, settings, profiles.NewProfile(email=f"c{i}@example.com"),
                                OP) for i in range(40)]
-    errors: list[BaseException] = []
-
     def worker(offset: int) -> None:
-        try:
-            for round_ in range(10):
-                pid = ids[(offset * 5 + round_) % len(ids)]
-                with pg_engine.begin() as conn:
-                    consent.opt_out(conn, pid, Channel.SMS, OP)
-                with pg_engine.begin() as conn:
-                    consent.opt_in(conn, pid, Channel.SMS, OP)
-        except BaseException as exc:  # reported by the assertion below
-            errors.append(exc)
+        for round_ in range(10):
+            pid = ids[(offset * 5 + round_) % len(ids)]
+            with pg_engine.begin() as conn:
+                consent.opt_out(conn, pid, Channel.SMS, OP)
+            with pg_engine.begin() as conn:
+                consent.opt_in(conn, pid, Channel.SMS, OP)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    run_in_threads(worker, 8)
     result = _verify(pg_engine)
     assert result.ok, result.problem
     with pg_engine.connect() as conn:

@@ -4,6 +4,7 @@ bulk and time-based releases, on both databases."""
 from __future__ import annotations
 
 import itertools
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,6 +20,7 @@ from consentry.quarantine import service as quarantine
 from consentry.settings import Settings
 from consentry.store.schema import ledger_events
 from consentry.store.schema import quarantine as quarantine_table
+from helpers import run_in_threads
 
 OP = Origin(source="cli", actor="os:tester")
 BOUNCE = Origin(source="bounce", actor="system", evidence={"message_id": "<dsn-1@mx.example>"})
@@ -160,8 +162,6 @@ def test_unknown_reason_is_refused(engine, settings):
 def test_concurrent_bounces_for_one_address_are_serialized(pg_engine):
     """Two bounces for one address processed at once: the second sees the first's result
     (no lost update), so the recorded transitions form one unbroken sequence."""
-    import threading
-
     engine, settings = pg_engine, Settings()
     address = normalize_email("busy@example.com")
     q = settings.quarantine
@@ -169,17 +169,14 @@ def test_concurrent_bounces_for_one_address_are_serialized(pg_engine):
         quarantine.apply(conn, address, rules.Failure("unreachable"), BOUNCE, q, now=T0)
     barrier = threading.Barrier(2)
 
-    def bounce(day: int) -> None:
+    def bounce(i: int) -> None:
+        day = (1, 3)[i]
         with engine.begin() as conn:
             barrier.wait()
             quarantine.apply(conn, address, rules.Failure("unreachable"), BOUNCE, q,
                              now=T0 + timedelta(days=day, minutes=day))
 
-    threads = [threading.Thread(target=bounce, args=(d,)) for d in (1, 3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(bounce, 2)
     with engine.connect() as conn:
         steps = conn.execute(sa.select(ledger_events.c.old_state, ledger_events.c.new_state)
                              .order_by(ledger_events.c.id)).all()
@@ -191,28 +188,17 @@ def test_concurrent_bounces_for_one_address_are_serialized(pg_engine):
 def test_first_bounces_for_a_new_address_race_without_error(pg_engine):
     """Two transactions creating the entry for one unknown address at once: the loser of the
     insert goes again through the row lock instead of failing."""
-    import threading
-
     engine, settings = pg_engine, Settings()
     address = normalize_email("new@example.com")
     barrier = threading.Barrier(4)
-    errors: list[BaseException] = []
 
     def bounce(minute: int) -> None:
-        try:
-            with engine.begin() as conn:
-                barrier.wait()
-                quarantine.apply(conn, address, rules.Failure("user_unknown"), BOUNCE,
-                                 settings.quarantine, now=T0 + timedelta(minutes=minute))
-        except BaseException as exc:  # reported by the assertion below
-            errors.append(exc)
+        with engine.begin() as conn:
+            barrier.wait()
+            quarantine.apply(conn, address, rules.Failure("user_unknown"), BOUNCE,
+                             settings.quarantine, now=T0 + timedelta(minutes=minute))
 
-    threads = [threading.Thread(target=bounce, args=(m,)) for m in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    run_in_threads(bounce, 4)
     with engine.connect() as conn:
         rows = conn.execute(sa.select(quarantine_table)).mappings().all()
         steps = conn.execute(sa.select(ledger_events.c.old_state, ledger_events.c.new_state)

@@ -65,10 +65,10 @@ _ENV = {
     "CONSENTRY_PUSH_TOKEN": "push_token",
 }
 
-_SENDING_KEYS: dict[str, Any] = {
+_SENDING_KEYS: dict[str, tuple[str, Any]] = {key: (key, convert) for key, convert in {
     "rate": float, "concurrency": int, "per_domain_rate": float, "batch_size": int,
     "dkim_selector": str, "dkim_domain": str, "dkim_key_file": str,
-}
+}.items()}
 
 _QUARANTINE_KEYS = {
     "soft_error_max": ("soft_error_max", int),
@@ -104,9 +104,11 @@ def load_settings(database: str | None = None, *, cwd: Path | None = None,
             raise ConsentryError(f"{toml_path}: not valid TOML ({exc})") from None
         for key, value in data.items():
             if key == "quarantine" and isinstance(value, dict):
-                settings = replace(settings, quarantine=_quarantine(toml_path, value))
+                settings = replace(settings, quarantine=QuarantineSettings(
+                    **_table(toml_path, key, value, _QUARANTINE_KEYS)))
             elif key == "sending" and isinstance(value, dict):
-                settings = replace(settings, sending=_sending(toml_path, value))
+                settings = replace(settings, sending=SendingSettings(
+                    **_table(toml_path, key, value, _SENDING_KEYS)))
             elif key in _ENV.values():
                 settings = _apply(settings, key, value)
             else:
@@ -119,28 +121,18 @@ def load_settings(database: str | None = None, *, cwd: Path | None = None,
     return settings
 
 
-def _quarantine(path: Path, table: dict[str, Any]) -> QuarantineSettings:
+def _table(path: Path, section: str, table: dict[str, Any],
+           keys: dict[str, tuple[str, Any]]) -> dict[str, Any]:
+    """A `[section]` table of consentry.toml as dataclass fields, each value converted."""
     values: dict[str, Any] = {}
     for key, raw in table.items():
-        if key not in _QUARANTINE_KEYS:
-            raise ConsentryError(f"{path}: unknown setting quarantine.{key}; expected one of "
-                                 f"{', '.join(_QUARANTINE_KEYS)}")
-        name, convert = _QUARANTINE_KEYS[key]
+        if key not in keys:
+            raise ConsentryError(f"{path}: unknown setting {section}.{key}; expected one of "
+                                 f"{', '.join(keys)}")
+        name, convert = keys[key]
         try:
             values[name] = convert(raw)
         except (TypeError, ValueError):
-            raise ConsentryError(f"{path}: quarantine.{key} must be a number") from None
-    return QuarantineSettings(**values)
-
-
-def _sending(path: Path, table: dict[str, Any]) -> SendingSettings:
-    values: dict[str, Any] = {}
-    for key, raw in table.items():
-        if key not in _SENDING_KEYS:
-            raise ConsentryError(f"{path}: unknown setting sending.{key}; expected one of "
-                                 f"{', '.join(_SENDING_KEYS)}")
-        try:
-            values[key] = _SENDING_KEYS[key](raw)
-        except (TypeError, ValueError):
-            raise ConsentryError(f"{path}: sending.{key} has the wrong type") from None
-    return SendingSettings(**values)
+            raise ConsentryError(f"{path}: {section}.{key} has the wrong type "
+                                 f"({type(raw).__name__})") from None
+    return values

@@ -65,32 +65,31 @@ def db_upgrade(ctx: Ctx) -> None:
              lambda: out_console.print(f"{ctx.settings.database_url}: up to date"))
 
 
+def _consent_change(ctx: Ctx, ref: str, channel: str | None, note: str | None, *,
+                    opt_out: bool) -> None:
+    ch = parse_channel(channel) if channel else None
+    change = consent.opt_out if opt_out else consent.opt_in
+    with ctx.begin() as conn:
+        pid = profiles.resolve(conn, ref, ctx.settings.default_region)
+        changed = change(conn, pid, ch, ctx.origin(note))
+    scope = ch.value if ch else "all"
+    what = "everything" if ch is None else scope
+    said = (f"opted out of {what}" + ("" if changed else " (already was)") if opt_out
+            else f"opted back in to {what}" + ("" if changed else " (was not opted out)"))
+    ctx.emit({"profile": pid, "scope": scope, "opted_out": opt_out, "changed": changed},
+             lambda: out_console.print(f"profile {pid}: {said}"))
+
+
 @command(app, "optout")
 def optout(ctx: Ctx, ref: str, channel: ChannelOption = None, note: NoteOption = None) -> None:
     """Opt a profile out of everything, or of one channel with --channel."""
-    ch = parse_channel(channel) if channel else None
-    with ctx.begin() as conn:
-        pid = profiles.resolve(conn, ref, ctx.settings.default_region)
-        changed = consent.opt_out(conn, pid, ch, ctx.origin(note))
-    scope = ch.value if ch else "all"
-    ctx.emit({"profile": pid, "scope": scope, "opted_out": True, "changed": changed},
-             lambda: out_console.print(
-                 f"profile {pid}: opted out of {'everything' if not ch else scope}"
-                 + ("" if changed else " (already was)")))
+    _consent_change(ctx, ref, channel, note, opt_out=True)
 
 
 @command(app, "optin")
 def optin(ctx: Ctx, ref: str, channel: ChannelOption = None, note: NoteOption = None) -> None:
     """Undo an opt-out of everything, or of one channel with --channel."""
-    ch = parse_channel(channel) if channel else None
-    with ctx.begin() as conn:
-        pid = profiles.resolve(conn, ref, ctx.settings.default_region)
-        changed = consent.opt_in(conn, pid, ch, ctx.origin(note))
-    scope = ch.value if ch else "all"
-    ctx.emit({"profile": pid, "scope": scope, "opted_out": False, "changed": changed},
-             lambda: out_console.print(
-                 f"profile {pid}: opted back in to {'everything' if not ch else scope}"
-                 + ("" if changed else " (was not opted out)")))
+    _consent_change(ctx, ref, channel, note, opt_out=False)
 
 
 @command(services_app, "create")
