@@ -115,3 +115,14 @@ def test_erase_cli_needs_confirmation(engine, settings, db_url):
     done = cli(db_url, "privacy", "erase", "x@example.de", "--yes", "--json")
     assert done.exit_code == 0 and done.json()["suppressed_addresses"] == 1
     assert cli(db_url, "profiles", "show", "x@example.de").exit_code == 1
+
+
+def test_an_erased_profiles_id_is_never_reused(engine, settings):
+    """The ledger keeps an erased profile's id; a new profile must not inherit its history."""
+    with engine.begin() as conn:
+        first = _new(conn, settings, email="old@example.de")
+        consent.opt_out(conn, first, None, OP)
+        privacy.erase(conn, settings, first, OP)
+        second = _new(conn, settings, email="new@example.de")
+        assert second != first
+        assert ledger.history(conn, second, ["new@example.de"]) == []

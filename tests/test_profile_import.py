@@ -372,6 +372,24 @@ def test_one_profile_reached_by_two_rows_is_updated_once(engine, settings, tmp_p
     assert _profiles(engine)["P1"]["first_name"] == "First"
 
 
+def test_an_email_taken_away_earlier_in_the_file_does_not_find_its_old_profile(
+        engine, settings, tmp_path):
+    pid = _new(engine, settings, external_id="P1", email="old@example.com")
+    content = ("external_id,email,first_name\n"
+               "P1,new@example.com,Moved\n"
+               ",OLD@example.com,Who\n")
+    for tuning in (ImportTuning(), ImportTuning(chunk_bytes=8, workers=1)):
+        with engine.begin() as conn:  # as before the import, for each way of cutting the file
+            conn.execute(profiles_table.update().where(profiles_table.c.id == pid).values(
+                email="old@example.com", email_key="old@example.com"))
+        result, rejects = _import(engine, settings, tmp_path, content, tuning=tuning)
+        assert result == ImportResult(imported=0, updated=1, rejected=1)
+        assert rejects[1][:2] == ["3", "email 'OLD@example.com' is the one line 2 of this file "
+                                       "replaces on its profile; add an external_id to say "
+                                       "which profile this row is"]
+        assert _profiles(engine)["P1"]["id"] == pid
+
+
 # --- Consent -----------------------------------------------------------------------------------
 
 

@@ -23,7 +23,9 @@ profile holding its email key (domain.md section 7), created if nobody holds it,
 several profiles hold it; a row with neither (a phone or a token only) is a new profile. A key
 that comes twice in the file (the same external id, the same email without an external id, or
 one existing profile reached by two rows) rejects the later row: which one should win is the
-user's call, not the importer's.
+user's call, not the importer's. So does a row without an external id whose email an earlier row
+took away from its profile (whether it would still find that profile would depend on where the
+file was cut into chunks).
 
 Consent. Opt-out cells opt out (1) or back in (0) globally or per channel; --service subscribes
 every good row's profile; the subscriptions column sets states. Every actual change is a ledger
@@ -725,8 +727,12 @@ def validate(plan: Plan, records: list[Record]) -> Processed:
             continue
         values = (external_id or None, email, email_key, phone, first_name or None,
                   last_name or None, locale, attributes_json)
-        out.rows.append((line, *values, *flags,
-                         _copy_text(values) if plan.copy_text else None))
+        if plan.copy_text:
+            # The main process reads the keys and addresses; the rest only travels as COPY text.
+            out.rows.append((line, *values[:4], None, None, None, None, *flags,
+                             _copy_text(values)))
+        else:
+            out.rows.append((line, *values, *flags, None))
         out.tokens += tokens
         out.subscriptions += subscriptions
     return out
@@ -949,6 +955,8 @@ class _Writer:
         self.external_ids: dict[str, int] = {}  # -> first line
         self.email_keys: dict[str, int] = {}
         self.matched: dict[int, int] = {}  # existing profile -> the line that updates it
+        # Email keys a row took away from an existing profile (it gave it another) -> the line.
+        self.released: dict[str, int] = {}
         self.imported = 0
         self.updated = 0
         self.sequence: str | None = None
@@ -1040,9 +1048,9 @@ class _Writer:
         """(rows of existing profiles, rows of new ones), each with its profile id."""
         conn = self.conn
         external_ids = [r[1] for r in rows if r[1] is not None]
-        by_external: dict[str, int] = (
-            dict(conn.execute(sql.BY_EXTERNAL_IDS[self.dialect],
-                              {"keys": self._keys(external_ids)}).all())
+        by_external: dict[str, tuple[int, str | None]] = (
+            {external_id: (profile_id, key) for external_id, profile_id, key in conn.execute(
+                sql.BY_EXTERNAL_IDS[self.dialect], {"keys": self._keys(external_ids)})}
             if external_ids else {})
         email_keys = sorted({r[3] for r in rows if r[1] is None and r[3] is not None})
         holders: dict[str, list[int]] = defaultdict(list)
@@ -1054,7 +1062,16 @@ class _Writer:
         new: list[tuple[Any, ...]] = []
         for row in rows:
             if row[1] is not None:
-                profile_id = by_external.get(row[1])
+                profile_id, key = by_external.get(row[1], (None, None))
+                if key is not None and row[3] is not None and row[3] != key:
+                    self.released.setdefault(key, row[0])
+            elif row[3] in self.released:
+                # Whether this row's email still finds its old profile would depend on where the
+                # file was cut into chunks (before or after that change was written).
+                rejects.append((row[0], f"email {row[2]!r} is the one line "
+                                f"{self.released[row[3]]} of this file replaces on its profile; "
+                                "add an external_id to say which profile this row is", []))
+                continue
             elif row[3] is not None and row[3] in holders:
                 ids = holders[row[3]]
                 if len(ids) > 1:

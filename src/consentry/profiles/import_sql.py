@@ -72,10 +72,12 @@ SQLITE_IMPORT_CACHE_KIB = 256 * 1024
 # Each key is one probe of the unique external_id index or of ix_profiles_email_key. All holders
 # of an email key come back, so a key several profiles hold is seen as ambiguous instead of
 # updating an arbitrary one of them.
+# (The email key comes along so that an email a row takes away from its profile is known.)
 BY_EXTERNAL_IDS = {
-    "sqlite": sa.text("SELECT external_id, id FROM profiles "
+    "sqlite": sa.text("SELECT external_id, id, email_key FROM profiles "
                       "WHERE external_id IN (SELECT value FROM json_each(:keys))"),
-    "postgresql": sa.text("SELECT p.external_id, p.id FROM unnest(CAST(:keys AS text[])) AS k(key) "
+    "postgresql": sa.text("SELECT p.external_id, p.id, p.email_key "
+                          "FROM unnest(CAST(:keys AS text[])) AS k(key) "
                           "JOIN profiles AS p ON p.external_id = k.key"),
 }
 BY_EMAIL_KEYS = {

@@ -38,6 +38,9 @@ profiles = sa.Table(
     sa.Column("attributes", sa.JSON),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # Never reuse an id on SQLite: the ledger keeps an erased profile's id, and a new profile
+    # taking it over would inherit that history.
+    sqlite_autoincrement=True,
 )
 
 push_tokens = sa.Table(

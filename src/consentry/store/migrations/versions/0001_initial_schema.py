@@ -75,7 +75,8 @@ def upgrade() -> None:
     sa.Column('created_at', consentry.store.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('updated_at', consentry.store.types.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_profiles')),
-    sa.UniqueConstraint('external_id', name=op.f('uq_profiles_external_id'))
+    sa.UniqueConstraint('external_id', name=op.f('uq_profiles_external_id')),
+    sqlite_autoincrement=True,
     )
     with op.batch_alter_table('profiles', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_profiles_email_key'), ['email_key'], unique=False)
