@@ -75,7 +75,7 @@ def partition_of(key: str, partitions: int = PARTITIONS) -> int:
     return zlib.crc32(key.encode()) % partitions
 
 
-def _canonical(value: dict[str, Any]) -> bytes:
+def _canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       default=str).encode()
 
@@ -87,8 +87,7 @@ def timestamp_text(at: datetime) -> str:
 
 def personal_digest(address: str | None, ip: str | None, user_agent: str | None,
                     note: str | None, evidence: dict[str, Any] | None) -> str:
-    payload = {"address": address, "ip": ip, "user_agent": user_agent, "note": note,
-               "evidence": evidence}
+    payload = [address, ip, user_agent, note, evidence]
     return hashlib.sha256(_canonical(payload)).hexdigest()
 
 
@@ -96,12 +95,9 @@ def event_hash(*, prev_hash: str, partition: int, seq: int, at: datetime, kind: 
                source: str, actor: str | None, profile_id: int | None, channel: str | None,
                service: str | None, old_state: str | None, new_state: str | None,
                wording: str | None, digest: str) -> str:
-    payload = {
-        "prev": prev_hash, "partition": partition, "seq": seq, "at": timestamp_text(at),
-        "kind": kind, "source": source, "actor": actor, "profile_id": profile_id,
-        "channel": channel, "service": service, "old": old_state, "new": new_state,
-        "wording": wording, "digest": digest,
-    }
+    # A list in a fixed order: canonical without sorting keys, and cheap to encode.
+    payload = [prev_hash, partition, seq, timestamp_text(at), kind, source, actor, profile_id,
+               channel, service, old_state, new_state, wording, digest]
     return hashlib.sha256(_canonical(payload)).hexdigest()
 
 

@@ -17,7 +17,13 @@ LOCK_HEADS = (
     .with_for_update()
 )
 
-INSERT_EVENTS = ev.insert()
+# Appends go through the driver (ledger/service.py explains why), in this column order.
+EVENT_COLUMNS = ("partition", "seq", "at", "kind", "source", "actor", "profile_id", "channel",
+                 "service", "old_state", "new_state", "wording", "address", "ip", "user_agent",
+                 "note", "evidence", "personal_digest", "redacted", "prev_hash", "hash")
+COPY_EVENTS = f"COPY ledger_events ({', '.join(EVENT_COLUMNS)}) FROM STDIN"
+INSERT_EVENTS_SQLITE = (f"INSERT INTO ledger_events ({', '.join(EVENT_COLUMNS)}) "
+                        f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))})")
 
 UPDATE_HEAD = (
     heads.update()
