@@ -40,7 +40,7 @@ from consentry.profiles.csv_io import ImportResult, import_profiles
 from consentry.settings import Settings
 from consentry.store.engine import make_engine, upgrade
 
-console = Console()
+console = Console(width=140)
 
 HEADER = ["external_id", "email", "phone", "first_name", "last_name", "locale", "opted_out",
           "email_opted_out", "sms_opted_out", "subscriptions", "city", "notes"]
