@@ -16,8 +16,6 @@ class SubscriptionState(StrEnum):
     EXPIRED = "expired"
 
 
-ACTIVE = SubscriptionState.SUBSCRIBED
-
 
 @dataclass(frozen=True, slots=True)
 class OptOuts:
