@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from consentry.domain.ledger import GENESIS, PARTITIONS
 from consentry.settings import Settings
 from consentry.store.engine import make_engine, upgrade
 from consentry.store.schema import ledger_heads, metadata
@@ -73,8 +74,6 @@ def _truncate_all(engine: sa.Engine) -> None:
     tables = [t.name for t in reversed(metadata.sorted_tables)]
     with engine.begin() as conn:
         conn.execute(sa.text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
-        from consentry.domain.ledger import GENESIS, PARTITIONS
-
         conn.execute(ledger_heads.insert(), [{"partition": p, "seq": 0, "hash": GENESIS}
                                              for p in range(PARTITIONS)])
 

@@ -14,12 +14,6 @@ LOCK_PROFILE = (sa.select(profiles.c.id).where(profiles.c.id == sa.bindparam("pr
 
 OPTOUTS_OF = sa.select(opt_outs).where(opt_outs.c.profile_id == sa.bindparam("profile_id"))
 
-# Opt-outs of many profiles at once (CSV export, imports) by one indexed range scan.
-def optouts_of_many(ids: list[int]) -> sa.Select:
-    return sa.select(opt_outs.c.profile_id, opt_outs.c.scope).where(
-        opt_outs.c.profile_id.in_(ids))
-
-
 INSERT_OPTOUT = opt_outs.insert()
 
 DELETE_OPTOUT = opt_outs.delete().where(opt_outs.c.profile_id == sa.bindparam("profile_id"),

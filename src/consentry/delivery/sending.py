@@ -76,7 +76,7 @@ class Worker:
 
     def beat(self) -> None:
         with self.engine.begin() as conn:
-            conn.execute(sql.UPSERT_WORKER_UPDATE, {"worker_id": self.id, "now": utcnow()})
+            conn.execute(sql.HEARTBEAT, {"worker_id": self.id, "now": utcnow()})
 
     def __exit__(self, *exc: object) -> None:
         with self.engine.begin() as conn:

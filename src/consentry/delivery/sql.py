@@ -246,7 +246,7 @@ HAND_OVER = (t.update().where(t.c.id.in_(sa.bindparam("ids", expanding=True)),
              .values(state="in_flight"))
 
 
-UPSERT_WORKER_UPDATE = workers.update().where(workers.c.id == sa.bindparam("worker_id")).values(
+HEARTBEAT = workers.update().where(workers.c.id == sa.bindparam("worker_id")).values(
     heartbeat_at=sa.bindparam("now"))
 INSERT_WORKER = workers.insert()
 DELETE_WORKER = workers.delete().where(workers.c.id == sa.bindparam("worker_id"))

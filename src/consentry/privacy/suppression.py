@@ -24,9 +24,17 @@ def key_hashes(conn: sa.Connection, addresses: Sequence[Address]) -> dict[str, A
     """HMAC-SHA256 of each matching key under this database's suppression key.
 
     Keyed, so the table alone cannot be reversed by hashing a list of known addresses."""
-    key = bytes.fromhex(meta.get_or_create(conn, meta.SUPPRESSION_KEY))
-    return {hmac.new(key, f"{a.channel.value}:{a.key}".encode(), hashlib.sha256).hexdigest(): a
-            for a in addresses}
+    key = _suppression_key(conn)
+    return {_keyed_hash(key, a): a for a in addresses}
+
+
+def _suppression_key(conn: sa.Connection) -> bytes:
+    return bytes.fromhex(meta.get_or_create(conn, meta.SUPPRESSION_KEY))
+
+
+def _keyed_hash(key: bytes, address: Address) -> str:
+    message = f"{address.channel.value}:{address.key}".encode()
+    return hmac.digest(key, message, hashlib.sha256).hex()
 
 
 def record(conn: sa.Connection, entries: Sequence[tuple[Address, bool, str | None, str | None]],
@@ -108,13 +116,11 @@ def reapply_many(conn: sa.Connection, settings: Settings,
     suppressed go through `reapply`. Returns how many addresses matched."""
     if not given:
         return 0
-    key = bytes.fromhex(meta.get_or_create(conn, meta.SUPPRESSION_KEY))
+    key = _suppression_key(conn)
     holders: dict[str, list[int]] = defaultdict(list)
     for profile_id, addresses in given.items():
         for address in addresses:
-            # The same keyed hash as key_hashes; hmac.digest is its one-shot fast path.
-            message = f"{address.channel.value}:{address.key}".encode()
-            holders[hmac.digest(key, message, hashlib.sha256).hex()].append(profile_id)
+            holders[_keyed_hash(key, address)].append(profile_id)
     hashes = list(holders)
     matched: set[int] = set()
     for start in range(0, len(hashes), 5000):

@@ -84,16 +84,6 @@ def create(conn: sa.Connection, settings: Settings, new: NewProfile, origin: Ori
     return profile_id
 
 
-def add_push_token(conn: sa.Connection, settings: Settings, profile_id: int, token: PushToken,
-                   origin: Origin, now: datetime | None = None) -> None:
-    now = now or utcnow()
-    address = normalize_push_token(token.token)
-    conn.execute(sql.INSERT_TOKEN, {"profile_id": profile_id, "token": address.value,
-                                    "app_id": token.app_id, "platform": token.platform,
-                                    "created_at": now})
-    suppression.reapply(conn, settings, profile_id, [address], origin, now)
-
-
 def _clean(value: str | None) -> str | None:
     return value.strip() or None if value else None
 

@@ -186,9 +186,3 @@ def release_due(conn: sa.Connection, settings: rules.QuarantineSettings,
     rows = conn.execute(sql.due_for_time_release(*rules.release_cutoffs(now, settings)))
     origin = Origin(source="expiry", actor="system")
     return len(_release_rows(conn, rows.mappings().all(), rules.Tick(), origin, settings, now))
-
-
-def statuses(conn: sa.Connection, channel: str, keys: list[str]) -> dict[str, str]:
-    if not keys:
-        return {}
-    return dict(conn.execute(sql.statuses(channel, keys)).tuples().all())

@@ -68,9 +68,3 @@ def due_for_time_release(erroneous_cutoff: datetime, mailbox_full_cutoff: dateti
                 sa.or_(q.c.status_at.is_(None), q.c.status_at <= mailbox_full_cutoff),
                 sa.or_(q.c.last_error_at.is_not(None), q.c.status_at.is_not(None))),
     )).with_for_update()
-
-
-# Statuses of many addresses at once (profile pages, the seed's two-profiles check).
-def statuses(channel: str, keys: list[str]) -> sa.Select:
-    return sa.select(q.c.address_key, q.c.status).where(
-        q.c.channel == channel, q.c.address_key.in_(keys))
