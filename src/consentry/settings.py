@@ -36,6 +36,42 @@ class Settings:
     sms_token: str | None = None  # bearer token, or "ACCOUNT_SID:AUTH_TOKEN" for twilio
     push_url: str | None = None  # FCM v1 shaped: POST {push_url} with {"message": {...}}
     push_token: str | None = None
+    feedback: FeedbackSettings = field(default_factory=lambda: FeedbackSettings())
+    hooks: HookSettings = field(default_factory=lambda: HookSettings())
+    # Inbound SMS keywords and replies: "default" and per sender number (E.164 or short code),
+    # each a table of stop/start/help (lists of words) and stop_reply/start_reply/help_reply.
+    sms_keywords: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FeedbackSettings:
+    # Domains the inbound SMTP receiver accepts mail for besides bounce_domain; nothing else
+    # is accepted (it is not a relay).
+    domains: tuple[str, ...] = ()
+    max_message_bytes: int = 10_000_000
+    # Alert thresholds: Adobe's bounce alert, Gmail's spam-rate guidance (warn, never exceed).
+    bounce_rate_alert: float = 0.05
+    complaint_rate_warn: float = 0.001
+    complaint_rate_alert: float = 0.003
+    # A bounce mailbox polled over IMAP: imaps://user:password@host[:port]/FOLDER
+    imap_url: str | None = None
+    imap_processed_folder: str = "Processed"
+    imap_every: float = 60.0  # seconds between polls under `serve` / `worker`
+
+
+@dataclass(frozen=True)
+class HookSettings:
+    # Amazon SNS: the signing certificate must come from a URL matching this pattern, and the
+    # topic must be listed (empty: any topic).
+    sns_cert_url_pattern: str = r"^https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/"
+    sns_topic_arns: tuple[str, ...] = ()
+    sendgrid_public_key: str | None = None  # the Event Webhook's verification key (base64)
+    postmark_username: str | None = None  # Postmark webhooks use basic auth
+    postmark_password: str | None = None
+    mailgun_signing_key: str | None = None
+    twilio_auth_token: str | None = None  # X-Twilio-Signature on inbound SMS
+    sms_secret: str | None = None  # HMAC-SHA256 key of the generic JSON inbound-SMS hook
+    max_age_seconds: int = 900  # signed timestamps older than this are refused as replays
 
 
 @dataclass(frozen=True)
@@ -64,6 +100,34 @@ _ENV = {
     "CONSENTRY_PUSH_URL": "push_url",
     "CONSENTRY_PUSH_TOKEN": "push_token",
 }
+
+# Secrets of the feedback paths, also settable from the environment: (table, field).
+_NESTED_ENV = {
+    "CONSENTRY_IMAP_URL": ("feedback", "imap_url"),
+    "CONSENTRY_SENDGRID_PUBLIC_KEY": ("hooks", "sendgrid_public_key"),
+    "CONSENTRY_POSTMARK_USERNAME": ("hooks", "postmark_username"),
+    "CONSENTRY_POSTMARK_PASSWORD": ("hooks", "postmark_password"),
+    "CONSENTRY_MAILGUN_SIGNING_KEY": ("hooks", "mailgun_signing_key"),
+    "CONSENTRY_TWILIO_AUTH_TOKEN": ("hooks", "twilio_auth_token"),
+    "CONSENTRY_SMS_HOOK_SECRET": ("hooks", "sms_secret"),
+}
+
+
+def _tuple(value: Any) -> tuple[str, ...]:
+    return _split_keys(value)
+
+
+_FEEDBACK_KEYS: dict[str, tuple[str, Any]] = {key: (key, convert) for key, convert in {
+    "domains": _tuple, "max_message_bytes": int, "bounce_rate_alert": float,
+    "complaint_rate_warn": float, "complaint_rate_alert": float, "imap_url": str,
+    "imap_processed_folder": str, "imap_every": float,
+}.items()}
+
+_HOOK_KEYS: dict[str, tuple[str, Any]] = {key: (key, convert) for key, convert in {
+    "sns_cert_url_pattern": str, "sns_topic_arns": _tuple, "sendgrid_public_key": str,
+    "postmark_username": str, "postmark_password": str, "mailgun_signing_key": str,
+    "twilio_auth_token": str, "sms_secret": str, "max_age_seconds": int,
+}.items()}
 
 _SENDING_KEYS: dict[str, tuple[str, Any]] = {key: (key, convert) for key, convert in {
     "rate": float, "concurrency": int, "per_domain_rate": float, "batch_size": int,
@@ -109,6 +173,14 @@ def load_settings(database: str | None = None, *, cwd: Path | None = None,
             elif key == "sending" and isinstance(value, dict):
                 settings = replace(settings, sending=SendingSettings(
                     **_table(toml_path, key, value, _SENDING_KEYS)))
+            elif key == "feedback" and isinstance(value, dict):
+                settings = replace(settings, feedback=FeedbackSettings(
+                    **_table(toml_path, key, value, _FEEDBACK_KEYS)))
+            elif key == "hooks" and isinstance(value, dict):
+                settings = replace(settings, hooks=HookSettings(
+                    **_table(toml_path, key, value, _HOOK_KEYS)))
+            elif key == "sms_keywords" and isinstance(value, dict):
+                settings = replace(settings, sms_keywords=_sms_keywords(toml_path, value))
             elif key in _ENV.values():
                 settings = _apply(settings, key, value)
             else:
@@ -116,6 +188,10 @@ def load_settings(database: str | None = None, *, cwd: Path | None = None,
     for var, name in _ENV.items():
         if env.get(var):
             settings = _apply(settings, name, env[var])
+    for var, (section, name) in _NESTED_ENV.items():
+        if env.get(var):
+            settings = replace(settings, **{
+                section: replace(getattr(settings, section), **{name: env[var]})})
     if database:
         settings = replace(settings, database_url=database)
     return settings
@@ -136,3 +212,27 @@ def _table(path: Path, section: str, table: dict[str, Any],
             raise ConsentryError(f"{path}: {section}.{key} has the wrong type "
                                  f"({type(raw).__name__})") from None
     return values
+
+
+_SMS_KEYWORD_KEYS = frozenset({"stop", "start", "help", "stop_reply", "start_reply",
+                               "help_reply"})
+
+
+def _sms_keywords(path: Path, tables: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`[sms_keywords.default]` and `[sms_keywords."+49151..."]`: word lists and replies."""
+    result: dict[str, dict[str, Any]] = {}
+    for sender, table in tables.items():
+        if not isinstance(table, dict):
+            raise ConsentryError(f"{path}: sms_keywords.{sender} must be a table")
+        for key, value in table.items():
+            if key not in _SMS_KEYWORD_KEYS:
+                raise ConsentryError(f"{path}: unknown setting sms_keywords.{sender}.{key}; "
+                                     f"expected one of {', '.join(sorted(_SMS_KEYWORD_KEYS))}")
+            if key.endswith("_reply") and not isinstance(value, str):
+                raise ConsentryError(f"{path}: sms_keywords.{sender}.{key} must be a string")
+            if not key.endswith("_reply") and not (
+                    isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise ConsentryError(f"{path}: sms_keywords.{sender}.{key} must be a list "
+                                     "of words")
+        result[str(sender)] = dict(table)
+    return result

@@ -41,6 +41,7 @@ class Source:
     SMS_KEYWORD = "sms_keyword"
     BOUNCE = "bounce"
     COMPLAINT = "complaint"
+    MAIL_UNSUBSCRIBE = "mail_unsubscribe"  # mail to the List-Unsubscribe mailto address
     IMPORT = "import"
     EXPIRY = "expiry"
     SYSTEM = "system"

@@ -79,6 +79,62 @@ def apply(conn: sa.Connection, address: Address, event: rules.Event, origin: Ori
     return change
 
 
+def apply_many(conn: sa.Connection, events: Sequence[tuple[Address, rules.Event, Origin]],
+               settings: rules.QuarantineSettings,
+               now: datetime | None = None) -> list[Change]:
+    """`apply` for many events at once, in order (feedback arrives in batches): the entries
+    are read and locked with one statement per channel, the state machine runs in memory,
+    and the ledger gets one append. Returns one Change per event."""
+    now = now or utcnow()
+    entries: dict[tuple[str, str], tuple[Any, rules.Entry]] = {}
+    by_channel: dict[str, set[str]] = {}
+    for address, _, _ in events:
+        by_channel.setdefault(address.channel.value, set()).add(address.key)
+    for channel, keys in by_channel.items():
+        for row in conn.execute(sql.ENTRIES_FOR_UPDATE,
+                                {"channel": channel, "keys": sorted(keys)}).mappings():
+            entries[(channel, row["address_key"])] = (row, entry_from_row(row))
+    changes: list[Change] = []
+    dirty: dict[tuple[str, str], tuple[Address, Origin]] = {}
+    for address, event, origin in events:
+        slot = (address.channel.value, address.key)
+        row, before = entries.get(slot, (None, rules.VALID))
+        after = rules.transition(before, event, now, settings)
+        entries[slot] = (row, after)
+        changes.append(Change(address, before, after))
+        if after != before:
+            dirty[slot] = (address, origin)
+    inserts, updates = [], []
+    for slot, (address, origin) in dirty.items():
+        row, after = entries[slot]
+        values = {**_columns(after), "updated_at": now, "source": origin.source}
+        if row is None:
+            inserts.append({**values, "channel": address.channel.value,
+                            "address_key": address.key, "address": address.value,
+                            "created_at": now, "note": origin.note,
+                            "domain": email_domain(address.key)
+                            if address.channel is Channel.EMAIL else None})
+        else:
+            updates.append({**values, "note": row["note"], "entry_id": row["id"]})
+    if inserts:
+        try:
+            with conn.begin_nested():
+                conn.execute(sql.INSERT, inserts)
+        except sa.exc.IntegrityError:
+            # Another transaction created one of these entries since we looked. Nothing of
+            # this batch is written yet: apply its events one by one, through the row locks,
+            # so each applies to the state the other transaction left.
+            return [apply(conn, a, e, o, settings, now) for a, e, o in events]
+    if updates:
+        conn.execute(sql.UPDATE, updates)
+    ledger.append(conn, [
+        origin.event(now, Kind.QUARANTINE, channel=c.address.channel.value,
+                     address=c.address.key, old_state=rules.describe(c.before),
+                     new_state=rules.describe(c.after))
+        for c, (_, _, origin) in zip(changes, events, strict=True) if c.changed])
+    return changes
+
+
 def record(conn: sa.Connection, changes: Sequence[Change], origin: Origin,
            now: datetime) -> None:
     ledger.append(conn, [

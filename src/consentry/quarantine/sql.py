@@ -16,6 +16,12 @@ ENTRY = sa.select(q).where(q.c.channel == sa.bindparam("channel"),
 # address processed at once cannot both count from the same old error count.
 ENTRY_FOR_UPDATE = ENTRY.with_for_update()
 
+# Many addresses of one channel at once, locked (feedback applied in batches): one statement
+# instead of one per address; the unique (channel, address_key) index answers it.
+ENTRIES_FOR_UPDATE = sa.select(q).where(
+    q.c.channel == sa.bindparam("channel"),
+    q.c.address_key.in_(sa.bindparam("keys", expanding=True))).with_for_update()
+
 INSERT = q.insert()
 
 UPDATE = q.update().where(q.c.id == sa.bindparam("entry_id"))

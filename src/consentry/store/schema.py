@@ -231,3 +231,61 @@ workers = sa.Table(
     sa.Column("started_at", UTCDateTime, nullable=False),
     sa.Column("heartbeat_at", UTCDateTime, nullable=False),
 )
+
+# --- feedback --------------------------------------------------------------------------------
+
+# Every feedback message or webhook event received, once: `dedupe_key` (its Message-ID, a hash
+# of it, or the provider's event id) makes a second arrival a no-op. Messages nothing could be
+# read from stay here with status `review`, raw bytes and all, for an operator to look at.
+feedback_messages = sa.Table(
+    "feedback_messages", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("dedupe_key", sa.String(255), nullable=False, unique=True),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Column("via", sa.String(32), nullable=False),  # file, smtp, imap, ses, sendgrid, ...
+    sa.Column("source", sa.String(1024)),  # the file, the SMTP peer, the mailbox
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # applied | ignored | review
+    sa.Column("delivery_id", sa.BigInteger),
+    sa.Column("summary", sa.JSON),  # the classification, as `feedback classify` prints it
+    sa.Column("raw", sa.LargeBinary),  # the message itself: the evidence the ledger points to
+    sa.Index("ix_feedback_messages_status_received", "status", "received_at"),
+)
+
+# One row per recipient a feedback message named, as applied: the per-delivery and per-day
+# bounce and complaint rates count these.
+feedback_results = sa.Table(
+    "feedback_results", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("message_id", BigId, sa.ForeignKey("feedback_messages.id", ondelete="CASCADE"),
+              nullable=False, index=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("class", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("status", sa.String(16)),
+    sa.Column("channel", sa.String(8), nullable=False),
+    sa.Column("address_key", sa.String(1024)),
+    sa.Column("delivery_id", sa.BigInteger),
+    sa.Column("target_id", sa.BigInteger),
+    sa.Column("profile_id", sa.BigInteger),
+    sa.Index("ix_feedback_results_delivery", "delivery_id", "kind"),
+    sa.Index("ix_feedback_results_at", "at"),
+    sa.Index("ix_feedback_results_address", "address_key"),
+)
+
+# Inbound SMS (mobile originated): every one is kept, keyword or not. `provider_id` (Twilio's
+# MessageSid, or the generic hook's id) makes a replayed webhook a no-op.
+inbound_sms = sa.Table(
+    "inbound_sms", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Column("via", sa.String(32), nullable=False),  # twilio, generic, cli
+    sa.Column("provider_id", sa.String(255), unique=True),
+    sa.Column("from_number", sa.String(64), nullable=False),  # E.164 when it parses
+    sa.Column("to_number", sa.String(64), nullable=False),  # our sender number / short code
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),  # stop | start | help | none
+    sa.Column("reply", sa.Text),  # the confirmation we answered with, if any
+    sa.Index("ix_inbound_sms_from_received", "from_number", "received_at"),
+)
