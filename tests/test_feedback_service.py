@@ -215,7 +215,7 @@ def test_mailto_unsubscribe_without_service_opts_out_of_the_channel(engine, sett
 
 
 def test_daily_rates(engine, settings):
-    did, targets, _ = _sent_delivery(engine, settings, service=True)
+    did, _, _ = _sent_delivery(engine, settings, service=True)
     signer = _signer(engine, settings)
     with engine.begin() as conn:
         conn.execute(sa.update(deliveries.sql.d).where(deliveries.sql.d.c.id == did)
@@ -224,3 +224,22 @@ def test_daily_rates(engine, settings):
             _item(Report(Kind.BOUNCE, (_hard("ann@example.com"),)), "r1")], now=T0)
         days = rates.per_day(conn, days=3, now=T0 + timedelta(days=1))
     assert [(day, r.attempted, r.bounces) for day, r in days] == [("2026-06-01", 2, 1)]
+
+
+def test_erasure_drops_the_feedback_about_a_profile(engine, settings):
+    from consentry.privacy import service as privacy
+    from consentry.store.schema import feedback_results
+
+    did, targets, ann = _sent_delivery(engine, settings, service=True)
+    signer = _signer(engine, settings)
+    tag = signer.address_tag("b", did, targets["ann@example.com"])
+    with engine.begin() as conn:
+        feedback.apply_batch(conn, settings, signer, [_item(Report(
+            Kind.BOUNCE, (_hard("ann@example.com"),), envelope_to=(f"{tag}@x.example",)),
+            "e1", b"To: ann")])
+        privacy.erase(conn, settings, ann, OP)
+        message = conn.execute(sa.select(feedback_messages)).mappings().one()
+        result = conn.execute(sa.select(feedback_results)).mappings().one()
+        assert (message["raw"], message["summary"], message["source"]) == (None, None, None)
+        assert (result["address_key"], result["profile_id"]) == (None, None)
+        assert rates.for_delivery(conn, did).bounces == 1  # the figures stay

@@ -345,6 +345,14 @@ def _unsubscribe(conn: sa.Connection, plan: _Plan, now: datetime) -> None:
                                      "after": "opted_out"})
 
 
+def forget(conn: sa.Connection, profile_id: int, address_keys: Sequence[str]) -> None:
+    """Erasure: drop the messages about the profile or its addresses, and the address from
+    their results (the counts stay)."""
+    params = {"erased_profile": profile_id, "keys": list(address_keys)}
+    conn.execute(sql.FORGET_MESSAGES, params)
+    conn.execute(sql.FORGET_RESULTS, params)
+
+
 def review(conn: sa.Connection, limit: int = 50) -> list[dict[str, Any]]:
     return [{"id": row["id"], "received_at": row["received_at"].isoformat(), "via": row["via"],
              "source": row["source"], "kind": row["kind"], "summary": row["summary"]}

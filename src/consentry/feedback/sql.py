@@ -41,6 +41,16 @@ REVIEW = (sa.select(fm.c.id, fm.c.received_at, fm.c.via, fm.c.source, fm.c.kind,
 
 MESSAGE = sa.select(fm).where(fm.c.id == sa.bindparam("message_id"))
 
+# Erasure: the feedback about a profile or its (no longer held) addresses loses its personal
+# data. The raw message and its summary go; the result rows keep kind, class and reason, so
+# the delivery's rates stay right, and lose the address.
+_ABOUT = sa.or_(fr.c.profile_id == sa.bindparam("erased_profile"),
+                fr.c.address_key.in_(sa.bindparam("keys", expanding=True)))
+FORGET_MESSAGES = (fm.update()
+                   .where(fm.c.id.in_(sa.select(fr.c.message_id).where(_ABOUT)))
+                   .values(raw=None, summary=None, source=None))
+FORGET_RESULTS = fr.update().where(_ABOUT).values(address_key=None, profile_id=None)
+
 
 # --- alerting figures ------------------------------------------------------------------------
 # Rates compare failures with attempts. Synchronous failures live on the target rows (state

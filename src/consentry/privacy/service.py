@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from consentry.consent import service as consent
 from consentry.domain import quarantine as qrules
 from consentry.domain.ledger import Kind, Origin
+from consentry.feedback import service as feedback
 from consentry.ledger import service as ledger
 from consentry.privacy import suppression
 from consentry.profiles import service as profiles
@@ -62,6 +63,7 @@ def erase(conn: sa.Connection, settings: Settings, profile_id: int, origin: Orig
                                       old_state="present", new_state="erased",
                                       ip=None, user_agent=None, evidence=None, note=None)])
     redacted = ledger.redact(conn, profile_id, unshared)
+    feedback.forget(conn, profile_id, unshared)
     if dropped_quarantine:
         conn.execute(quarantine.delete().where(quarantine.c.id.in_(dropped_quarantine)))
     conn.execute(profile_sql.DELETE, {"profile_id": profile_id})
