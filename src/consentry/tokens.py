@@ -52,7 +52,7 @@ class Signer:
         return f"{kind}-{delivery_id}-{target_id}-{mac}"
 
     def read_address_tag(self, tag: str) -> tuple[str, int, int]:
-        match = re.fullmatch(r"([bu])-(\d{1,18})-(\d{1,18})-([0-9a-f]{20})",
+        match = re.fullmatch(r"([bu])-(\d{1,19})-(\d{1,19})-([0-9a-f]{20})",
                              tag.strip().lower())
         if match:
             kind, delivery_id, target_id = match.group(1), int(match.group(2)), int(

@@ -105,12 +105,8 @@ def recover(conn: sa.Connection, delivery_id: int, now: datetime) -> tuple[int, 
         live.append(row["id"])
     t = sql.t
     gone = sa.or_(t.c.worker.is_(None), t.c.worker.not_in(live)) if live else sa.true()
-    requeued = conn.execute(t.update().where(
-        t.c.delivery_id == delivery_id, t.c.state == "claimed", gone
-    ).values(state="pending", worker=None, claimed_at=None)).rowcount
-    unknown = conn.execute(t.update().where(
-        t.c.delivery_id == delivery_id, t.c.state == "in_flight", gone
-    ).values(state="unknown")).rowcount
+    requeued = conn.execute(sql.recover_claims(delivery_id, gone)).rowcount
+    unknown = conn.execute(sql.recover_in_flight(delivery_id, gone)).rowcount
     return requeued, unknown
 
 
@@ -143,6 +139,10 @@ class DeliveryRun:
         self.marketing = self.delivery["kind"] == "marketing"
         self.skip_locked = engine.dialect.name == "postgresql"
         self.batch_size = max(1, settings.sending.batch_size)
+        # The last target id this run claimed: the next claim starts after it. Rows behind it
+        # that went back to pending (another worker's recovery) are found by one more sweep
+        # from the start before the run ends.
+        self.first_id = self.cursor = sql.id_range(delivery_id)[0]
 
     # --- database steps (run in a thread) --------------------------------------------------
 
@@ -154,12 +154,14 @@ class DeliveryRun:
             ).one()["state"]
             if state != "sending":
                 return None  # paused or finished elsewhere
-            rows = conn.execute(sql.claim_batch(self.delivery_id, self.worker.id,
-                                                self.batch_size, now, self.skip_locked,
-                                                state="claimed")).mappings().all()
+            rows = self._claim(conn, now)
+            if not rows and self.cursor != self.first_id:
+                self.cursor = self.first_id  # the sweep from the start
+                rows = self._claim(conn, now)
             if not rows:
                 return None
             ids = [r["id"] for r in rows]
+            self.cursor = max(self.cursor, *ids)
             excluded = {}
             if self.delivery["audience"] != "proof":
                 excluded = {r.id: r.reason for r in conn.execute(
@@ -180,6 +182,11 @@ class DeliveryRun:
         addresses = {r["id"]: Address(self.channel, r["address"], r["address_key"])
                      for r in keep}
         return _Batch(messages, addresses, len(excluded))
+
+    def _claim(self, conn: sa.Connection, now: datetime) -> list[Any]:
+        return list(conn.execute(sql.claim_batch(
+            self.delivery_id, self.worker.id, self.batch_size, now, self.skip_locked,
+            after_id=self.cursor, state="claimed")).mappings().all())
 
     def _render(self, row: Any, profile: dict[str, Any] | None) -> Outgoing:
         base = self.settings.base_url.rstrip("/")
@@ -305,7 +312,7 @@ def start(conn: sa.Connection, delivery_id: int, now: datetime | None = None) ->
 
 
 def finish_if_done(conn: sa.Connection, delivery_id: int) -> bool:
-    left = conn.execute(sql.LEFT_TO_SEND, {"delivery_id": delivery_id}).scalar_one()
+    left = conn.execute(sql.left_to_send(delivery_id)).scalar_one()
     if left:
         return False
     conn.execute(sql.UPDATE_DELIVERY.where(sql.d.c.state == "sending"),
@@ -338,8 +345,4 @@ def send(engine: sa.Engine, settings: Settings, delivery_id: int, transport: Tra
 
 def sendable(conn: sa.Connection) -> list[int]:
     """Deliveries in state `sending` with rows left to claim, for `consentry worker`."""
-    t = sql.t
-    return list(conn.execute(
-        sa.select(sql.d.c.id).where(sql.d.c.state == "sending", sa.exists().where(
-            t.c.delivery_id == sql.d.c.id, t.c.state == "pending")).order_by(sql.d.c.id)
-    ).scalars())
+    return list(conn.execute(sql.SENDABLE).scalars())

@@ -110,12 +110,14 @@ def analyze(conn: sa.Connection, settings: Settings, delivery_id: int,
                         marketing=delivery["kind"] == "marketing"
                         and delivery["audience"] != "proof")
     quarantine.release_due(conn, settings.quarantine, now)  # time-based releases first
-    conn.execute(sql.DELETE_TARGETS, {"delivery_id": delivery_id})
+    conn.execute(sql.delete_targets(delivery_id))
     if delivery["audience"] == "proof":
         # Proofs go to seed addresses, not to profiles: nobody's consent is read or changed.
+        first, _ = sql.id_range(delivery_id)
         conn.execute(sql.t.insert(), [
-            {"delivery_id": delivery_id, "profile_id": None, "address": a, "address_key": a,
-             "state": "pending"} for a in delivery["proof_addresses"]])
+            {"id": first + n, "delivery_id": delivery_id, "profile_id": None, "address": a,
+             "address_key": a, "state": "pending"}
+            for n, a in enumerate(delivery["proof_addresses"], start=1)])
     else:
         conn.execute(sql.insert_targets(delivery, now))
         conn.execute(sql.exclude_duplicates(delivery_id, delivery["channel"]))
@@ -155,7 +157,7 @@ def report(conn: sa.Connection, delivery_id: int) -> dict[str, Any]:
                   "failed": failures}.get(state)
         if bucket is not None:
             bucket[reason or "not_defined"] = bucket.get(reason or "not_defined", 0) + n
-    first, last, sent = conn.execute(sql.THROUGHPUT, {"delivery_id": delivery_id}).one()
+    first, last, sent = conn.execute(sql.throughput(delivery_id)).one()
     seconds = (last - first).total_seconds() if first and last else 0.0
     return {
         "delivery": delivery_id, "name": delivery["name"], "channel": delivery["channel"],
@@ -205,8 +207,7 @@ def explain(conn: sa.Connection, settings: Settings, profile_id: int, delivery_i
         subscription=subscription, targets_service=delivery["service_id"] is not None)
     rules = [{"rule": rule.value, "passed": ok} for rule, ok in
              reachability.checks(recipient, transactional=transactional)]
-    target = conn.execute(sa.select(sql.t.c.state, sql.t.c.reason).where(
-        sql.t.c.delivery_id == delivery_id, sql.t.c.profile_id == profile_id)).first()
+    target = conn.execute(sql.target_of_profile(delivery_id, profile_id)).first()
     # Duplicate, fatigue and target limit depend on the whole target: the analysis says.
     for rule in (Exclusion.DUPLICATE, Exclusion.FATIGUE, Exclusion.TARGET_LIMIT):
         decided = target is not None and target.reason == rule.value

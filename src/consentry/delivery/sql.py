@@ -28,6 +28,29 @@ from consentry.store.schema import (
 t = delivery_targets
 d = deliveries
 
+# A delivery's target rows are one contiguous range of ids: delivery_id * 2^32 + 1, + 2, ...
+# The analysis numbers its rows itself (row_number()), so writing a million rows touches no
+# sequence, and every per-delivery statement below is a range scan of the primary key: there
+# is no secondary index on delivery_id for the analysis to maintain row by row.
+TARGET_ID_SPAN = 2**32
+
+
+def id_range(delivery_id: int) -> tuple[int, int]:
+    first = delivery_id * TARGET_ID_SPAN
+    return first, first + TARGET_ID_SPAN - 1
+
+
+def of_delivery(delivery_id: int) -> sa.ColumnElement[bool]:
+    """The delivery's target rows, as a primary-key range."""
+    first, last = id_range(delivery_id)
+    return t.c.id.between(first, last)
+
+
+def of_delivery_column(delivery_id: Any) -> sa.ColumnElement[bool]:
+    """The same for a delivery id given as a column (correlated subqueries, joins)."""
+    return t.c.id.between(delivery_id * TARGET_ID_SPAN,
+                          delivery_id * TARGET_ID_SPAN + (TARGET_ID_SPAN - 1))
+
 
 def _address_columns(channel: str) -> tuple[Any, Any, Any, Any]:
     """(FROM clause, address, matching key, validity check) for a channel's audience."""
@@ -121,14 +144,18 @@ def insert_targets(delivery: dict[str, Any], now: datetime) -> sa.Insert:
     audience = audience_select(delivery, now).subquery("audience")
     cols = list(audience.c)
     reason = cols[3]
+    first, _ = id_range(delivery["id"])
     select = sa.select(
+        (sa.literal(first, sa.BigInteger) + sa.func.row_number().over()).label("id"),
         sa.literal(delivery["id"]).label("delivery_id"), cols[0], cols[1], cols[2],
         sa.case((reason.is_(None), "pending"), else_="excluded"), reason)
     return t.insert().from_select(
-        ["delivery_id", "profile_id", "address", "address_key", "state", "reason"], select)
+        ["id", "delivery_id", "profile_id", "address", "address_key", "state", "reason"],
+        select)
 
 
-DELETE_TARGETS = t.delete().where(t.c.delivery_id == sa.bindparam("delivery_id"))
+def delete_targets(delivery_id: int) -> sa.Delete:
+    return t.delete().where(of_delivery(delivery_id))
 
 
 def shared_keys(channel: str) -> sa.Select:
@@ -152,12 +179,12 @@ def exclude_duplicates(delivery_id: int, channel: str) -> sa.Update:
             partition_by=t.c.address_key, order_by=(profiles.c.created_at, profiles.c.id),
         ).label("rank"))
         .join(profiles, profiles.c.id == t.c.profile_id)
-        .where(t.c.delivery_id == delivery_id, t.c.state == "pending",
+        .where(of_delivery(delivery_id), t.c.state == "pending",
                t.c.address_key.in_(shared_keys(channel)))
         .subquery("ranked")
     )
     later = sa.select(ranked.c.id).where(ranked.c.rank > 1)
-    return (t.update().where(t.c.delivery_id == delivery_id, t.c.id.in_(later))
+    return (t.update().where(of_delivery(delivery_id), t.c.id.in_(later))
             .values(state="excluded", reason=Exclusion.DUPLICATE.value))
 
 
@@ -171,30 +198,30 @@ def exclude_fatigue(delivery_id: int, since: datetime, maximum: int) -> sa.Updat
         .group_by(other.c.profile_id)
         .having(sa.func.count() >= maximum)
     )
-    return (t.update().where(t.c.delivery_id == delivery_id, t.c.state == "pending",
+    return (t.update().where(of_delivery(delivery_id), t.c.state == "pending",
                              t.c.profile_id.in_(tired))
             .values(state="excluded", reason=Exclusion.FATIGUE.value))
 
 
 def exclude_over_limit(delivery_id: int, limit: int) -> sa.Update:
     """Rule 10: keep a random `limit` of the pending rows."""
-    keep = (sa.select(t.c.id).where(t.c.delivery_id == delivery_id, t.c.state == "pending")
+    keep = (sa.select(t.c.id).where(of_delivery(delivery_id), t.c.state == "pending")
             .order_by(sa.func.random()).limit(limit))
-    return (t.update().where(t.c.delivery_id == delivery_id, t.c.state == "pending",
+    return (t.update().where(of_delivery(delivery_id), t.c.state == "pending",
                              t.c.id.not_in(keep.scalar_subquery()))
             .values(state="excluded", reason=Exclusion.TARGET_LIMIT.value))
 
 
 def counts_by_state_and_reason(delivery_id: int) -> sa.Select:
     return (sa.select(t.c.state, t.c.reason, sa.func.count())
-            .where(t.c.delivery_id == delivery_id).group_by(t.c.state, t.c.reason))
+            .where(of_delivery(delivery_id)).group_by(t.c.state, t.c.reason))
 
 
 def exclusion_log(delivery_id: int, *, reason: str | None = None,
                   after_id: int = 0, limit: int = 1000) -> sa.Select:
     """One row per excluded recipient, by id for keyset pagination."""
     stmt = (sa.select(t.c.id, t.c.profile_id, t.c.address, t.c.state, t.c.reason)
-            .where(t.c.delivery_id == delivery_id,
+            .where(of_delivery(delivery_id),
                    t.c.state.in_(("excluded", "excluded_at_send")), t.c.id > after_id)
             .order_by(t.c.id).limit(limit))
     return stmt.where(t.c.reason == reason) if reason else stmt
@@ -203,11 +230,14 @@ def exclusion_log(delivery_id: int, *, reason: str | None = None,
 # --- sending ---------------------------------------------------------------------------------
 
 def claim_batch(delivery_id: int, worker: str, size: int, now: datetime,
-                skip_locked: bool, state: str = "claimed") -> sa.Update:
-    """Move up to `size` pending rows to `claimed` for this worker. On PostgreSQL concurrent
-    workers skip each other's locked rows (FOR UPDATE SKIP LOCKED), so every row is claimed by
-    exactly one of them; SQLite has one writer at a time."""
-    pick = (sa.select(t.c.id).where(t.c.delivery_id == delivery_id, t.c.state == "pending")
+                skip_locked: bool, after_id: int, state: str = "claimed") -> sa.Update:
+    """Move up to `size` pending rows after `after_id` to `claimed` for this worker. On
+    PostgreSQL concurrent workers skip each other's locked rows (FOR UPDATE SKIP LOCKED), so
+    every row is claimed by exactly one of them; SQLite has one writer at a time. The sender
+    passes the last id it claimed, so the scan does not walk the rows already sent again."""
+    _, last = id_range(delivery_id)
+    pick = (sa.select(t.c.id).where(t.c.id > after_id, t.c.id <= last,
+                                    t.c.state == "pending")
             .order_by(t.c.id).limit(size))
     if skip_locked:
         pick = pick.with_for_update(skip_locked=True)
@@ -257,11 +287,35 @@ DELIVERY_FOR_UPDATE = DELIVERY.with_for_update()
 INSERT_DELIVERY = d.insert().returning(d.c.id)
 UPDATE_DELIVERY = d.update().where(d.c.id == sa.bindparam("delivery_id"))
 
-LEFT_TO_SEND = sa.select(sa.func.count()).where(
-    t.c.delivery_id == sa.bindparam("delivery_id"),
-    t.c.state.in_(("pending", "claimed", "in_flight")))
+def left_to_send(delivery_id: int) -> sa.Select:
+    return sa.select(sa.func.count()).where(
+        of_delivery(delivery_id), t.c.state.in_(("pending", "claimed", "in_flight")))
 
-# Sends per minute for the report's throughput: first and last send time, and how many.
-THROUGHPUT = sa.select(sa.func.min(t.c.sent_at), sa.func.max(t.c.sent_at),
-                       sa.func.count(t.c.sent_at)).where(
-    t.c.delivery_id == sa.bindparam("delivery_id"), t.c.state == "sent")
+
+def throughput(delivery_id: int) -> sa.Select:
+    """Sends per minute for the report: first and last send time, and how many."""
+    return sa.select(sa.func.min(t.c.sent_at), sa.func.max(t.c.sent_at),
+                     sa.func.count(t.c.sent_at)).where(of_delivery(delivery_id),
+                                                       t.c.state == "sent")
+
+
+def recover_claims(delivery_id: int, gone: sa.ColumnElement[bool]) -> sa.Update:
+    """Claimed rows of workers that are gone go back to pending: never handed over."""
+    return (t.update().where(of_delivery(delivery_id), t.c.state == "claimed", gone)
+            .values(state="pending", worker=None, claimed_at=None))
+
+
+def recover_in_flight(delivery_id: int, gone: sa.ColumnElement[bool]) -> sa.Update:
+    """In-flight rows of workers that are gone: their fate is unknown, never resent."""
+    return (t.update().where(of_delivery(delivery_id), t.c.state == "in_flight", gone)
+            .values(state="unknown"))
+
+
+# Deliveries in state `sending` with rows left to claim (`consentry worker`).
+SENDABLE = sa.select(d.c.id).where(d.c.state == "sending", sa.exists().where(
+    of_delivery_column(d.c.id), t.c.state == "pending")).order_by(d.c.id)
+
+
+def target_of_profile(delivery_id: int, profile_id: int) -> sa.Select:
+    return sa.select(t.c.state, t.c.reason).where(of_delivery(delivery_id),
+                                                  t.c.profile_id == profile_id)

@@ -34,7 +34,7 @@ from consentry.tokens import InvalidToken, Signer
 
 # Our own Message-IDs name delivery and target: "<delivery>.<target>.<random>@<domain>"
 # (delivery/sending.py). Not signed, so only trusted where the address agrees.
-_OUR_MESSAGE_ID = re.compile(r"(\d{1,18})\.(\d{1,18})\.[0-9a-f]{12}@")
+_OUR_MESSAGE_ID = re.compile(r"(\d{1,19})\.(\d{1,19})\.[0-9a-f]{12}@")
 
 # DSN actions that say the message reached the mailbox (RFC 3464 section 2.3.3).
 _DELIVERED_ACTIONS = frozenset({"delivered", "relayed", "expanded"})

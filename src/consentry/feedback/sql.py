@@ -6,6 +6,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from consentry.delivery.sql import of_delivery, of_delivery_column
 from consentry.store.schema import deliveries as d
 from consentry.store.schema import delivery_targets as t
 from consentry.store.schema import feedback_messages as fm
@@ -58,17 +59,16 @@ FORGET_RESULTS = fr.update().where(_ABOUT).values(address_key=None, profile_id=N
 # reads one delivery's rows through an index, or one time window through `at` / `sent_at`.
 
 def delivery_attempts(delivery_id: int) -> sa.Select:
-    """Sent and synchronously failed targets of a delivery: the covering
-    (delivery_id, state, reason) index answers it alone."""
+    """Sent and synchronously failed targets of a delivery (a range of its primary key)."""
     return (sa.select(t.c.state, sa.func.count())
-            .where(t.c.delivery_id == delivery_id, t.c.state.in_(("sent", "failed")))
+            .where(of_delivery(delivery_id), t.c.state.in_(("sent", "failed")))
             .group_by(t.c.state))
 
 
 def delivery_hard_failures(delivery_id: int) -> sa.Select:
     """Synchronous failures whose reason is a hard one (the address does not exist)."""
     return sa.select(sa.func.count()).where(
-        t.c.delivery_id == delivery_id, t.c.state == "failed",
+        of_delivery(delivery_id), t.c.state == "failed",
         t.c.reason.in_(("user_unknown", "invalid_domain")))
 
 
@@ -90,11 +90,11 @@ def _utc_day(dialect: str, column: sa.ColumnElement[datetime]) -> sa.ColumnEleme
     return sa.func.date(column)
 
 
-def _deliveries_active_since(since: datetime) -> sa.Select:
-    # Targets are reached through their delivery's index prefix instead of a scan of every
-    # target ever written: only deliveries that were still sending in the window count.
-    return sa.select(d.c.id).where(d.c.started_at.is_not(None), sa.or_(
-        d.c.finished_at.is_(None), d.c.finished_at >= since))
+def _active_since(since: datetime) -> sa.ColumnElement[bool]:
+    # Targets are reached through their delivery's id range instead of a scan of every target
+    # ever written: only deliveries that were still sending in the window count.
+    return sa.and_(d.c.started_at.is_not(None),
+                   sa.or_(d.c.finished_at.is_(None), d.c.finished_at >= since))
 
 
 def attempts_per_day(dialect: str, since: datetime) -> sa.Select:
@@ -103,8 +103,8 @@ def attempts_per_day(dialect: str, since: datetime) -> sa.Select:
     at = sa.case((t.c.state == "sent", t.c.sent_at), else_=t.c.claimed_at)
     day = _utc_day(dialect, at)
     return (sa.select(day.label("day"), t.c.state, sa.func.count())
-            .where(t.c.delivery_id.in_(_deliveries_active_since(since)),
-                   t.c.state.in_(("sent", "failed")), at >= since)
+            .select_from(d.join(t, of_delivery_column(d.c.id)))
+            .where(_active_since(since), t.c.state.in_(("sent", "failed")), at >= since)
             .group_by(day, t.c.state))
 
 
