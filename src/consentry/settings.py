@@ -62,7 +62,7 @@ class FeedbackSettings:
 @dataclass(frozen=True)
 class HookSettings:
     # Amazon SNS: the signing certificate must come from a URL matching this pattern, and the
-    # topic must be listed (empty: any topic).
+    # topic must be listed (empty: the SES hook is off).
     sns_cert_url_pattern: str = r"^https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/"
     sns_topic_arns: tuple[str, ...] = ()
     sendgrid_public_key: str | None = None  # the Event Webhook's verification key (base64)
@@ -110,6 +110,7 @@ _NESTED_ENV = {
     "CONSENTRY_MAILGUN_SIGNING_KEY": ("hooks", "mailgun_signing_key"),
     "CONSENTRY_TWILIO_AUTH_TOKEN": ("hooks", "twilio_auth_token"),
     "CONSENTRY_SMS_HOOK_SECRET": ("hooks", "sms_secret"),
+    "CONSENTRY_SNS_TOPIC_ARNS": ("hooks", "sns_topic_arns"),  # comma-separated
 }
 
 
@@ -190,8 +191,11 @@ def load_settings(database: str | None = None, *, cwd: Path | None = None,
             settings = _apply(settings, name, env[var])
     for var, (section, name) in _NESTED_ENV.items():
         if env.get(var):
+            value: Any = env[var]
+            if isinstance(getattr(getattr(settings, section), name), tuple):
+                value = _split_keys(value)
             settings = replace(settings, **{
-                section: replace(getattr(settings, section), **{name: env[var]})})
+                section: replace(getattr(settings, section), **{name: value})})
     if database:
         settings = replace(settings, database_url=database)
     return settings

@@ -10,9 +10,11 @@ import typer
 from consentry.cli import (
     delivery_cmds,
     demo_cmd,
+    feedback_cmds,
     privacy_cmds,
     profiles_cmds,
     quarantine_cmds,
+    sms_cmds,
 )
 from consentry.cli.common import ROOT, Ctx, command, out_console, print_json, table
 from consentry.consent import service as consent
@@ -36,6 +38,8 @@ app.add_typer(quarantine_cmds.app, name="quarantine")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(privacy_cmds.app, name="privacy")
 app.add_typer(delivery_cmds.app, name="delivery")
+app.add_typer(sms_cmds.app, name="sms")
+app.add_typer(feedback_cmds.app, name="feedback")
 
 
 @app.callback()

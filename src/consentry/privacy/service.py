@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from consentry.consent import service as consent
 from consentry.domain import quarantine as qrules
+from consentry.domain.channels import Channel
 from consentry.domain.ledger import Kind, Origin
 from consentry.feedback import service as feedback
 from consentry.ledger import service as ledger
@@ -16,6 +17,7 @@ from consentry.privacy import suppression
 from consentry.profiles import service as profiles
 from consentry.profiles import sql as profile_sql
 from consentry.settings import Settings
+from consentry.sms import sql as sms_sql
 from consentry.store.schema import quarantine
 from consentry.store.types import utcnow
 
@@ -64,6 +66,9 @@ def erase(conn: sa.Connection, settings: Settings, profile_id: int, origin: Orig
                                       ip=None, user_agent=None, evidence=None, note=None)])
     redacted = ledger.redact(conn, profile_id, unshared)
     feedback.forget(conn, profile_id, unshared)
+    conn.execute(sms_sql.FORGET, {"numbers": [a.key for a in addresses
+                                              if a.channel is Channel.SMS
+                                              and a.key in unshared]})
     if dropped_quarantine:
         conn.execute(quarantine.delete().where(quarantine.c.id.in_(dropped_quarantine)))
     conn.execute(profile_sql.DELETE, {"profile_id": profile_id})

@@ -1,0 +1,1 @@
+"""Feedback messages (bounces, complaints, auto-replies, unsubscribe mail) read into Reports."""

@@ -1,0 +1,1 @@
+"""Inbound SMS (mobile originated): keywords applied to quarantine, every message kept."""
