@@ -119,8 +119,12 @@ def analyze(conn: sa.Connection, settings: Settings, delivery_id: int,
              "address_key": a, "state": "pending"}
             for n, a in enumerate(delivery["proof_addresses"], start=1)])
     else:
+        postgres = conn.dialect.name == "postgresql"
+        _run(conn, sql.ANALYSIS_SETTINGS_PG if postgres else ())
         conn.execute(sql.insert_targets(delivery, now))
+        _run(conn, sql.NESTED_LOOPS_PG if postgres else ())
         conn.execute(sql.exclude_duplicates(delivery_id, delivery["channel"]))
+        _run(conn, sql.PLANNER_DEFAULTS_PG if postgres else ())
         if delivery["fatigue_max"] and delivery["kind"] == "marketing":
             since = now - timedelta(days=delivery["fatigue_days"])
             conn.execute(sql.exclude_fatigue(delivery_id, since, delivery["fatigue_max"]))
@@ -129,6 +133,11 @@ def analyze(conn: sa.Connection, settings: Settings, delivery_id: int,
     conn.execute(sql.UPDATE_DELIVERY, {"delivery_id": delivery_id, "state": "analyzed",
                                        "analyzed_at": now})
     return summary(conn, delivery_id)
+
+
+def _run(conn: sa.Connection, statements: tuple[str, ...]) -> None:
+    for statement in statements:
+        conn.exec_driver_sql(statement)
 
 
 def summary(conn: sa.Connection, delivery_id: int) -> dict[str, Any]:

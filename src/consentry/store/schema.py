@@ -196,7 +196,7 @@ deliveries = sa.Table(
 
 # One row per recipient address of a delivery: excluded with its reason at analysis, or moving
 # pending -> in_flight -> sent | failed | excluded_at_send | unknown while it is sent.
-# A delivery's rows have the ids delivery_id * 2^32 + 1, + 2, ... (delivery/sql.py): every
+# A delivery's rows have the ids delivery_id * 2^32 + a number (delivery/sql.py): every
 # per-delivery query is a range scan of the primary key, and no other index is written while
 # the analysis inserts a million rows.
 delivery_targets = sa.Table(
