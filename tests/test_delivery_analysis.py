@@ -251,3 +251,28 @@ def test_analysis_through_the_cli(db_url, tmp_path):
     bad = cli(db_url, "delivery", "create", "--name", "x", "--channel", "email", "--audience",
               "all", "--subject", "s", "--text", str(tmp_path / "missing.txt"))
     assert bad.exit_code == 1 and "missing.txt" in bad.stderr
+
+
+def test_push_targets_one_row_per_device_token(engine, settings):
+    """Push: a row per token, a row recording address_missing for a profile without one, and
+    a token two profiles hold sent once; the target ids stay unique within the delivery."""
+    token_a, token_b = "tok-aaaaaaaaaaaa", "tok-bbbbbbbbbbbb"
+    with engine.begin() as conn:
+        two = profiles.create(conn, settings, profiles.NewProfile(push_tokens=(
+            profiles.PushToken(token_a), profiles.PushToken(token_b))), OP, now=T0)
+        none = profiles.create(conn, settings, profiles.NewProfile(email="x@example.com"), OP,
+                               now=T0)
+        shares = profiles.create(conn, settings, profiles.NewProfile(push_tokens=(
+            profiles.PushToken(token_b),)), OP, now=T0 + timedelta(days=1))
+        did = deliveries.create(conn, settings, deliveries.NewDelivery(
+            "Push", Channel.PUSH, audience="all", content=Content(subject="Hi", text="Hello")),
+            "tester")
+        summary = deliveries.analyze(conn, settings, did)
+        rows = conn.execute(sa.select(delivery_targets.c.id, delivery_targets.c.profile_id,
+                                      delivery_targets.c.address, delivery_targets.c.reason)
+                            .where(delivery_targets.c.delivery_id == did)).all()
+    assert summary["to_send"] == 2
+    assert sorted((r.profile_id, r.address, r.reason) for r in rows) == sorted([
+        (two, token_a, None), (two, token_b, None), (none, None, "address_missing"),
+        (shares, token_b, "duplicate")])
+    assert len({r.id for r in rows}) == 4
