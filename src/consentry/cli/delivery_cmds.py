@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from consentry import maintenance
 from consentry.cli.common import Ctx, command, err_console, out_console, print_json, table
-from consentry.consent import service as consent
 from consentry.delivery import sending
 from consentry.delivery import service as deliveries
 from consentry.delivery.content import Content
@@ -19,11 +19,9 @@ from consentry.delivery.transports import transport_for
 from consentry.domain.channels import parse_channel
 from consentry.domain.errors import ConsentryError
 from consentry.profiles import service as profiles
-from consentry.quarantine import service as quarantine
 
 app = typer.Typer(no_args_is_help=True, help="Deliveries: create, analyse, send, report.")
 
-MAINTENANCE_EVERY = 60.0  # seconds between maintenance runs of `consentry worker`
 
 
 def _read(path: Path | None, option: str) -> str | None:
@@ -200,10 +198,8 @@ def worker(ctx: Ctx, poll: Annotated[float, typer.Option(
     and run the periodic maintenance: expired subscriptions, time-based quarantine releases."""
     last_maintenance = 0.0
     while True:
-        if time.monotonic() - last_maintenance >= MAINTENANCE_EVERY:
-            with ctx.begin() as conn:
-                expired = consent.expire_subscriptions(conn)
-                released = quarantine.release_due(conn, ctx.settings.quarantine)
+        if time.monotonic() - last_maintenance >= maintenance.EVERY:
+            expired, released = maintenance.run(ctx.engine, ctx.settings)
             if expired or released:
                 err_console.print(f"{expired} subscriptions expired, {released} addresses "
                                   "released")

@@ -3,17 +3,28 @@ messages kept for review; bounce and complaint rates."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from consentry.cli.common import Ctx, command, err_console, print_json, progress_bar, table
+from consentry.cli import serve_cmd
+from consentry.cli.common import (
+    Ctx,
+    command,
+    err_console,
+    out_console,
+    print_json,
+    progress_bar,
+    table,
+)
 from consentry.domain.errors import ConsentryError
+from consentry.feedback import imap_poll, sources
 from consentry.feedback import rates as feedback_rates
 from consentry.feedback import service as feedback
-from consentry.feedback import sources
+from consentry.feedback.classify import classify as classify_message
 from consentry.tokens import Signer
 
 app = typer.Typer(no_args_is_help=True,
@@ -47,8 +58,6 @@ def _report_problems(problems: list[str]) -> None:
 def classify(ctx: Ctx, paths: Paths) -> None:
     """Print one JSON line per message: kind and, per recipient, address, status, class, reason
     and diagnostic. Changes nothing."""
-    from consentry.feedback.classify import classify as classify_message  # TEMP until it lands
-
     problems: list[str] = []
     for path in paths:
         try:
@@ -140,3 +149,26 @@ def rates(ctx: Ctx,
                 f"{d['complaint_rate']:.3%}",
                 ", ".join(f"{a['level']}: {a['metric']}" for a in d["alerts"])]
                 for d in data["days"]]))
+
+
+@command(app, "poll-imap")
+def poll_imap(ctx: Ctx,
+              once: Annotated[bool, typer.Option(
+                  "--once/--repeat",
+                  help="Poll once (default), or every feedback.imap_every seconds until "
+                       "interrupted.")] = True) -> None:
+    """Read the bounce mailbox of feedback.imap_url (IMAP over TLS), apply every message and
+    move it to feedback.imap_processed_folder; failed messages stay for the next poll."""
+    with ctx.begin() as conn:
+        signer = Signer.for_database(conn, ctx.settings)
+    while True:
+        result = imap_poll.poll(ctx.settings, ctx.engine, signer)
+        data: dict[str, Any] = result.to_json()
+        ctx.emit(data, lambda r=result: out_console.print(serve_cmd.describe_poll(r),
+                                                          highlight=False))
+        if once:
+            return
+        try:
+            time.sleep(max(ctx.settings.feedback.imap_every, 1.0))
+        except KeyboardInterrupt:
+            return

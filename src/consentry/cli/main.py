@@ -14,6 +14,7 @@ from consentry.cli import (
     privacy_cmds,
     profiles_cmds,
     quarantine_cmds,
+    serve_cmd,
     sms_cmds,
 )
 from consentry.cli.common import ROOT, Ctx, command, out_console, print_json, table
@@ -22,8 +23,8 @@ from consentry.domain.channels import parse_channel
 from consentry.domain.consent import SubscriptionState
 from consentry.domain.errors import ConsentryError
 from consentry.ledger import service as ledger
+from consentry.maintenance import run as maintenance_run
 from consentry.profiles import service as profiles
-from consentry.quarantine import service as quarantine
 from consentry.store.engine import upgrade
 
 app = typer.Typer(name="consentry", no_args_is_help=True, add_completion=False,
@@ -59,6 +60,7 @@ NoteOption = Annotated[str | None, typer.Option("--note", help="Why; kept in the
 command(app, "demo")(demo_cmd.demo)
 command(app, "explain")(delivery_cmds.explain)
 command(app, "worker")(delivery_cmds.worker)
+command(app, "serve")(serve_cmd.serve)
 
 
 @command(db_app, "upgrade")
@@ -161,9 +163,7 @@ def maintenance(ctx: Ctx, every: Annotated[float | None, typer.Option(
     """End expired subscriptions and apply due quarantine releases (10 quiet days for
     erroneous addresses, 30 days for mailbox-full quarantines)."""
     while True:
-        with ctx.begin() as conn:
-            expired = consent.expire_subscriptions(conn)
-            released = quarantine.release_due(conn, ctx.settings.quarantine)
+        expired, released = maintenance_run(ctx.engine, ctx.settings)
         ctx.emit({"expired_subscriptions": expired, "released_addresses": released},
                  lambda e=expired, r=released: out_console.print(
                      f"{e} subscriptions expired, {r} addresses released"))

@@ -27,6 +27,7 @@ from consentry.domain.errors import ConsentryError
 from consentry.domain.feedback import Kind, RecipientResult, Report
 from consentry.domain.ledger import Origin, Source
 from consentry.feedback import sql
+from consentry.feedback.classify import classify
 from consentry.quarantine import service as quarantine
 from consentry.settings import Settings
 from consentry.store.types import utcnow
@@ -79,8 +80,6 @@ def message_key(raw: bytes, report: Report) -> str:
 def incoming_message(raw: bytes, *, via: str, source: str | None = None,
                      envelope_to: Sequence[str] = ()) -> Incoming:
     """Classify a raw RFC 5322 message into an item to apply."""
-    from consentry.feedback.classify import classify  # TEMP: until classify lands
-
     report = classify(raw, envelope_to)
     return Incoming(report, message_key(raw, report), via, source, raw)
 
