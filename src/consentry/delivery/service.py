@@ -122,9 +122,8 @@ def analyze(conn: sa.Connection, settings: Settings, delivery_id: int,
         postgres = conn.dialect.name == "postgresql"
         _run(conn, sql.ANALYSIS_SETTINGS_PG if postgres else ())
         conn.execute(sql.insert_targets(delivery, now))
-        _run(conn, sql.NESTED_LOOPS_PG if postgres else ())
+        _run(conn, sql.REFRESH_STATISTICS_PG if postgres else ())
         conn.execute(sql.exclude_duplicates(delivery_id, delivery["channel"]))
-        _run(conn, sql.PLANNER_DEFAULTS_PG if postgres else ())
         if delivery["fatigue_max"] and delivery["kind"] == "marketing":
             since = now - timedelta(days=delivery["fatigue_days"])
             conn.execute(sql.exclude_fatigue(delivery_id, since, delivery["fatigue_max"]))
