@@ -6,7 +6,8 @@ denylist, ledger, stored evidence), per second, on a mixed corpus, on SQLite and
 The mix: every development message under tests/data/feedback/ (real bounces, complaints and
 auto-replies from many MTAs), each sent again with a fresh Message-ID so it counts as new,
 and generated RFC 3464 DSNs (hard and soft) and ARF complaints for 50,000 different addresses.
-Batches of 200 messages per transaction, as `feedback ingest` does. Prints a table; not a test.
+Ingested as `feedback ingest` does (feedback.ingest: classified in worker processes, applied
+200 messages per transaction). Prints a table; not a test.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ import sqlalchemy as sa
 from rich.console import Console
 from rich.table import Table
 
-from consentry.cli.feedback_cmds import BATCH
-from consentry.feedback import service as feedback
 from consentry.feedback.classify import classify
+from consentry.feedback.ingest import Message, ingest
 from consentry.settings import Settings
 from consentry.store.engine import make_engine, upgrade
 from consentry.tokens import Signer
@@ -150,14 +150,10 @@ def ingest_rate(url: str, messages: list[bytes]) -> tuple[float, dict[str, int]]
     settings = Settings(database_url=url)
     with engine.begin() as conn:
         signer = Signer.for_database(conn, settings)
-    counts: dict[str, int] = {}
     start = time.perf_counter()
-    for first in range(0, len(messages), BATCH):
-        items = [feedback.incoming_message(raw, via="bench", source="bench")
-                 for raw in messages[first:first + BATCH]]
-        with engine.begin() as conn:
-            for applied in feedback.apply_batch(conn, settings, signer, items):
-                counts[applied.status] = counts.get(applied.status, 0) + 1
+    totals = ingest(engine, settings, signer, [Message(raw, "bench") for raw in messages],
+                    via="bench")
+    counts = totals.to_json()
     elapsed = time.perf_counter() - start
     engine.dispose()
     return len(messages) / elapsed, counts
@@ -170,7 +166,7 @@ def main() -> None:
                                                "postgres")
     args = parser.parse_args()
     messages = mixed(args.messages)
-    console = Console()
+    console = Console(width=120)
     table = Table(title=f"feedback: {len(messages):,} messages, mixed corpus "
                         f"(target {TARGET:,.0f} messages/s classified and applied)")
     for column in ("database", "classified/s", "classified+applied/s", "applied", "ignored",

@@ -4,7 +4,6 @@ messages kept for review; bounce and complaint rates."""
 from __future__ import annotations
 
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,6 +21,7 @@ from consentry.cli.common import (
 )
 from consentry.domain.errors import ConsentryError
 from consentry.feedback import imap_poll, sources
+from consentry.feedback import ingest as feedback_ingest
 from consentry.feedback import rates as feedback_rates
 from consentry.feedback import service as feedback
 from consentry.feedback.classify import classify as classify_message
@@ -31,11 +31,6 @@ app = typer.Typer(no_args_is_help=True,
                   help="Bounces, complaints and unsubscribe mail: classify, ingest, review.")
 
 Paths = Annotated[list[Path], typer.Argument(help="Message files, mboxes or maildirs.")]
-
-# Messages applied per transaction: large enough for set-based application, small enough that
-# a crash loses little work (ingesting again skips what was stored: every message counts once).
-BATCH = 200
-
 
 def _messages(paths: list[Path], problems: list[str]) -> list[sources.RawMessage]:
     found: list[sources.RawMessage] = []
@@ -73,29 +68,17 @@ def ingest(ctx: Ctx, paths: Paths) -> None:
     """Apply the messages: bounces to quarantine, complaints to the denylist, mail to a
     List-Unsubscribe address to an unsubscribe. The same message twice counts once."""
     problems: list[str] = []
-    messages = _messages(paths, problems)
-    counts: Counter[str] = Counter()
-    changes = 0
+    messages = [feedback_ingest.Message(m.raw, m.source) for m in _messages(paths, problems)]
     with ctx.begin() as conn:
         signer = Signer.for_database(conn, ctx.settings)
     with progress_bar("ingesting") as update:
-        for start in range(0, len(messages), BATCH):
-            chunk = messages[start:start + BATCH]
-            items = [feedback.incoming_message(m.raw, via="file", source=m.source)
-                     for m in chunk]
-            with ctx.begin() as conn:
-                applied = feedback.apply_batch(conn, ctx.settings, signer, items)
-            for result in applied:
-                counts[result.status] += 1
-                changes += len(result.changes)
-            update(min(start + BATCH, len(messages)), len(messages))
-    summary = {"messages": len(messages), "applied": counts["applied"],
-               "ignored": counts["ignored"], "review": counts["review"],
-               "duplicates": counts["duplicate"], "changes": changes}
+        totals = feedback_ingest.ingest(ctx.engine, ctx.settings, signer, messages, via="file",
+                                        progress=update)
+    summary = totals.to_json()
     ctx.emit(summary, lambda: print(
         f"{summary['messages']} messages: {summary['applied']} applied, {summary['ignored']} "
         f"ignored, {summary['review']} kept for review, {summary['duplicates']} seen before; "
-        f"{changes} addresses or consents changed"))
+        f"{summary['changes']} addresses or consents changed"))
     _report_problems(problems)
 
 

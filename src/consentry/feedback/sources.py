@@ -47,8 +47,12 @@ def read(path: Path) -> Iterator[RawMessage]:
             raise UnreadablePath(f"{path}: no such file or directory")
         if _is_mbox(path):
             box = mailbox.mbox(path, factory=None, create=False)
-            for number, key in enumerate(box.iterkeys(), start=1):
-                yield RawMessage(f"{path}#{number}", box.get_bytes(key))
+            try:
+                messages = [box.get_bytes(key) for key in box.iterkeys()]
+            finally:
+                box.close()
+            for number, raw in enumerate(messages, start=1):
+                yield RawMessage(f"{path}#{number}", raw)
             return
         yield RawMessage(str(path), path.read_bytes())
     except OSError as exc:

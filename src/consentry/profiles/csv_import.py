@@ -50,17 +50,14 @@ from start to end.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
-import multiprocessing
 import os
 import re
-import signal
 import sys
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -86,6 +83,7 @@ from consentry.profiles import import_sql as sql
 from consentry.profiles.service import normalize_locale
 from consentry.settings import Settings
 from consentry.store.types import UTCDateTime, utcnow
+from consentry.workers import in_order
 
 # Bytes of the file per chunk (and transaction): about 20,000 rows of a typical CRM export. Large
 # enough that per-statement and per-transaction costs vanish, small enough that a chunk's
@@ -840,8 +838,6 @@ _worker_plan: Plan | None = None
 def _init_worker(plan: Plan) -> None:
     global _worker_plan
     _worker_plan = plan
-    # Ctrl-C is the main process's to handle: it stops the pool (workers print no tracebacks).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _process_in_worker(block: Block) -> Processed:
@@ -852,41 +848,9 @@ def _process_in_worker(block: Block) -> Processed:
 def _in_order(plan: Plan, blocks: Iterator[Block], workers: int,
               ) -> Iterator[tuple[Block, Processed]]:
     """Each block with its reading, in file order; with workers, several blocks at once."""
-    if workers <= 1:
-        for block in blocks:
-            yield block, process(plan, block)
-        return
-    # spawn, not fork: the parent holds database connections and, in servers, threads. A caller
-    # whose main module cannot be imported again (a script without a __main__ guard) breaks the
-    # pool: the blocks are then read here instead.
-    context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                               initargs=(plan,))
-    try:
-        waiting: deque[tuple[Block, Future[Processed]]] = deque()
-        broken = False
-        for block in blocks:
-            if broken:
-                yield block, process(plan, block)
-                continue
-            waiting.append((block, pool.submit(_process_in_worker, block)))
-            if len(waiting) <= workers:
-                continue
-            done, future = waiting.popleft()
-            try:
-                yield done, future.result()
-            except BrokenProcessPool:
-                broken = True
-                yield done, process(plan, done)
-        for done, future in waiting:
-            try:
-                yield done, future.result() if not broken else process(plan, done)
-            except BrokenProcessPool:
-                broken = True
-                yield done, process(plan, done)
-    finally:
-        # Also when the import stops early: blocks not yet read are dropped, not waited for.
-        pool.shutdown(wait=True, cancel_futures=True)
+    return in_order(_process_in_worker, blocks, workers,
+                    here=functools.partial(process, plan), initializer=_init_worker,
+                    initargs=(plan,))
 
 
 def _read(plan: Plan, blocks: Iterator[Block], workers: int,
