@@ -143,6 +143,11 @@ def test_user_unknown_reply_quarantines_the_address(engine, settings, sink):
     assert shown["status"] == "quarantined" and shown["reason"] == "user_unknown"
     assert event["source"] == "bounce" and "5.1.1" in event["evidence"]["reply"]
     assert event["evidence"]["delivery"] == did
+    # One failure in three attempts: over Adobe's 5% bounce alert.
+    with engine.connect() as conn:
+        figures = deliveries.report(conn, did, s.feedback)["feedback"]
+    assert (figures["attempted"], figures["bounces"], figures["hard_bounces"]) == (3, 1, 1)
+    assert [a["metric"] for a in figures["alerts"]] == ["bounce_rate"]
     # The next analysis leaves it out.
     with engine.begin() as conn:
         again = deliveries.create(conn, s, deliveries.NewDelivery(

@@ -134,9 +134,10 @@ def send(ctx: Ctx, delivery_id: int,
 
 @command(app, "report")
 def report(ctx: Ctx, delivery_id: int) -> None:
-    """Counts by state, exclusion causes, failures by reason, throughput."""
+    """Counts by state, exclusion causes, failures by reason, throughput, bounce and
+    complaint rates."""
     with ctx.begin() as conn:
-        data = deliveries.report(conn, delivery_id)
+        data = deliveries.report(conn, delivery_id, ctx.settings.feedback)
     ctx.emit(data, lambda: _print_report(data))
 
 
@@ -154,6 +155,13 @@ def _print_report(r: dict) -> None:
     tp = r["throughput"]
     out_console.print(f"throughput: {tp['sent']} sent in {tp['seconds']} s"
                       + (f" ({tp['per_second']}/s)" if tp["per_second"] else ""))
+    fb = r["feedback"]
+    out_console.print(f"bounce rate {fb['bounce_rate']:.2%} ({fb['bounces']} of "
+                      f"{fb['attempted']}), complaint rate {fb['complaint_rate']:.3%} "
+                      f"({fb['complaints']})", highlight=False)
+    for alert in fb["alerts"]:
+        out_console.print(f"[bold red]{alert['level']}[/]: {alert['metric']} "
+                          f"{alert['value']:.3%} is at or over {alert['threshold']:.3%}")
 
 
 @command(app, "exclusions")

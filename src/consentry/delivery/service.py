@@ -17,9 +17,10 @@ from consentry.domain.channels import Channel
 from consentry.domain.consent import SubscriptionState
 from consentry.domain.errors import ConsentryError, NotFound
 from consentry.domain.reachability import Exclusion
+from consentry.feedback import rates
 from consentry.profiles import service as profiles
 from consentry.quarantine import service as quarantine
-from consentry.settings import Settings
+from consentry.settings import FeedbackSettings, Settings
 from consentry.store.types import utcnow
 
 KINDS = ("marketing", "transactional")
@@ -153,7 +154,10 @@ def summary(conn: sa.Connection, delivery_id: int) -> dict[str, Any]:
             "excluded": {k: v for k, v in excluded.items() if v}, "to_send": to_send}
 
 
-def report(conn: sa.Connection, delivery_id: int) -> dict[str, Any]:
+def report(conn: sa.Connection, delivery_id: int,
+           thresholds: FeedbackSettings | None = None) -> dict[str, Any]:
+    """Counts by state, exclusion causes, failures by reason, throughput, and the bounce and
+    complaint rates (synchronous failures and feedback) against the alert thresholds."""
     delivery = get(conn, delivery_id)
     states: dict[str, int] = {}
     excluded: dict[str, int] = {}
@@ -174,6 +178,8 @@ def report(conn: sa.Connection, delivery_id: int) -> dict[str, Any]:
         "failures": failures,
         "throughput": {"sent": sent, "seconds": round(seconds, 3),
                        "per_second": round(sent / seconds, 1) if seconds > 0 else None},
+        "feedback": rates.for_delivery(conn, delivery_id).to_json(
+            thresholds or FeedbackSettings()),
         "analyzed_at": _iso(delivery["analyzed_at"]), "started_at": _iso(delivery["started_at"]),
         "finished_at": _iso(delivery["finished_at"]),
     }
