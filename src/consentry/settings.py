@@ -41,6 +41,18 @@ class Settings:
     # Inbound SMS keywords and replies: "default" and per sender number (E.164 or short code),
     # each a table of stop/start/help (lists of words) and stop_reply/start_reply/help_reply.
     sms_keywords: dict[str, dict[str, Any]] = field(default_factory=dict)
+    web: WebSettings = field(default_factory=lambda: WebSettings())
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    confirm_hours: float = 72.0  # double opt-in confirmation links expire after this
+    pending_purge_days: float = 30.0  # unconfirmed subscriptions are deleted after this
+    # Forms that send a message (subscribe, opt-out by address): per client IP and per
+    # address, at most this many in `form_limit_window` seconds.
+    form_limit_per_ip: int = 10
+    form_limit_per_address: int = 3
+    form_limit_window: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -124,6 +136,11 @@ _FEEDBACK_KEYS: dict[str, tuple[str, Any]] = {key: (key, convert) for key, conve
     "imap_processed_folder": str, "imap_every": float,
 }.items()}
 
+_WEB_KEYS: dict[str, tuple[str, Any]] = {key: (key, convert) for key, convert in {
+    "confirm_hours": float, "pending_purge_days": float, "form_limit_per_ip": int,
+    "form_limit_per_address": int, "form_limit_window": float,
+}.items()}
+
 _HOOK_KEYS: dict[str, tuple[str, Any]] = {key: (key, convert) for key, convert in {
     "sns_cert_url_pattern": str, "sns_topic_arns": _tuple, "sendgrid_public_key": str,
     "postmark_username": str, "postmark_password": str, "mailgun_signing_key": str,
@@ -177,6 +194,9 @@ def load_settings(database: str | None = None, *, cwd: Path | None = None,
             elif key == "feedback" and isinstance(value, dict):
                 settings = replace(settings, feedback=FeedbackSettings(
                     **_table(toml_path, key, value, _FEEDBACK_KEYS)))
+            elif key == "web" and isinstance(value, dict):
+                settings = replace(settings, web=WebSettings(
+                    **_table(toml_path, key, value, _WEB_KEYS)))
             elif key == "hooks" and isinstance(value, dict):
                 settings = replace(settings, hooks=HookSettings(
                     **_table(toml_path, key, value, _HOOK_KEYS)))

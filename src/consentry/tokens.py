@@ -11,7 +11,7 @@ import hmac
 import re
 
 import sqlalchemy as sa
-from itsdangerous import BadSignature, URLSafeSerializer
+from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
 
 from consentry.settings import Settings
 from consentry.store import meta
@@ -27,6 +27,7 @@ class Signer:
     def __init__(self, keys: list[str]) -> None:
         self._unsubscribe = URLSafeSerializer(keys, salt="consentry.unsubscribe")
         self._preferences = URLSafeSerializer(keys, salt="consentry.preferences")
+        self._confirmation = URLSafeTimedSerializer(keys, salt="consentry.confirmation")
         self._keys = keys
 
     @classmethod
@@ -72,6 +73,25 @@ class Signer:
         except (BadSignature, ValueError, TypeError):
             raise InvalidToken("this link is not valid") from None
 
+    # Double opt-in confirmation links carry their time of issue and expire.
+    def confirmation_token(self, profile_id: int, service_slug: str) -> str:
+        return self._confirmation.dumps([profile_id, service_slug])
+
+    def read_confirmation_token(self, token: str, max_age_seconds: float) -> tuple[int, str]:
+        """(profile id, service slug); ExpiredToken (which still names them) when the link
+        is older than `max_age_seconds`, InvalidToken when it is not ours or was changed."""
+        try:
+            profile_id, slug = self._confirmation.loads(token, max_age=max_age_seconds)
+        except SignatureExpired as exc:
+            try:
+                profile_id, slug = self._confirmation.load_payload(exc.payload)
+            except (BadSignature, ValueError, TypeError):
+                raise InvalidToken("this link is not valid") from None
+            raise ExpiredToken(int(profile_id), str(slug)) from None
+        except (BadSignature, ValueError, TypeError):
+            raise InvalidToken("this link is not valid") from None
+        return int(profile_id), str(slug)
+
     @staticmethod
     def _tag_mac(key: str, kind: str, delivery_id: int, target_id: int) -> str:
         msg = f"tag:{kind}:{delivery_id}:{target_id}".encode()
@@ -80,3 +100,12 @@ class Signer:
 
 class InvalidToken(Exception):
     pass
+
+
+class ExpiredToken(InvalidToken):
+    """A genuine link past its validity; it still says whose and what it was."""
+
+    def __init__(self, profile_id: int, service_slug: str) -> None:
+        super().__init__("this link has expired")
+        self.profile_id = profile_id
+        self.service_slug = service_slug

@@ -6,15 +6,27 @@ transaction on the engine (SQLAlchemy's pool is thread-safe).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import sqlalchemy as sa
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from consentry.settings import Settings
 from consentry.store.engine import make_engine
 from consentry.tokens import Signer
-from consentry.web import hooks, sms_hooks
+from consentry.web import hooks, optout, preferences, sms_hooks, subscribe, unsubscribe
 from consentry.web.deps import AppState
+from consentry.web.render import gettext, language, page
+from consentry.web.security import SecurityHeaders
+
+STATIC = Path(__file__).with_name("static")
+
+# Routes that answer machines (providers, API clients) in JSON; the rest are pages.
+_MACHINE_PREFIXES = ("/hooks/", "/api/", "/healthz")
 
 
 def create_app(settings: Settings, engine: sa.Engine | None = None) -> FastAPI:
@@ -23,8 +35,10 @@ def create_app(settings: Settings, engine: sa.Engine | None = None) -> FastAPI:
         signer = Signer.for_database(conn, settings)
     app = FastAPI(title="Consentry", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.consentry = AppState(settings, engine, signer)
-    app.include_router(hooks.router)
-    app.include_router(sms_hooks.router)
+    app.add_middleware(SecurityHeaders)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    for module in (hooks, sms_hooks, unsubscribe, preferences, subscribe, optout):
+        app.include_router(module.router)
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
@@ -34,5 +48,29 @@ def create_app(settings: Settings, engine: sa.Engine | None = None) -> FastAPI:
         except sa.exc.SQLAlchemyError:
             return JSONResponse({"status": "unavailable"}, status_code=503)
         return JSONResponse({"status": "ok"})
+
+    @app.exception_handler(StarletteHTTPException)
+    def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if request.url.path.startswith(_MACHINE_PREFIXES):
+            return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+        lang = language(request)
+        if exc.status_code == 404:
+            title, text = "Page not found", "The page you asked for does not exist."
+        else:
+            title, text = "Please try again", str(exc.detail)
+        return page(request, "message.html", lang, exc.status_code,
+                    title=gettext(lang, title), paragraphs=[gettext(lang, text)],
+                    resend_action=None)
+
+    @app.exception_handler(RequestValidationError)
+    def bad_request(request: Request, exc: RequestValidationError) -> Response:
+        if request.url.path.startswith(_MACHINE_PREFIXES):
+            return JSONResponse({"error": "invalid request"}, status_code=400)
+        lang = language(request)
+        return page(request, "message.html", lang, 400,
+                    title=gettext(lang, "Please try again"),
+                    paragraphs=[gettext(lang, "The form was open for too long or came from "
+                                              "another site. Please reload the page and send "
+                                              "it again.")], resend_action=None)
 
     return app
