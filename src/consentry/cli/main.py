@@ -17,7 +17,8 @@ from consentry.cli import (
     serve_cmd,
     sms_cmds,
 )
-from consentry.cli.common import ROOT, Ctx, command, out_console, print_json, table
+from consentry.cli.common import ROOT, Ctx, command, err_console, out_console, print_json, table
+from consentry.consent import confirmation
 from consentry.consent import service as consent
 from consentry.domain.channels import parse_channel
 from consentry.domain.consent import SubscriptionState
@@ -26,6 +27,7 @@ from consentry.ledger import service as ledger
 from consentry.maintenance import run as maintenance_run
 from consentry.profiles import service as profiles
 from consentry.store.engine import upgrade
+from consentry.tokens import Signer
 
 app = typer.Typer(name="consentry", no_args_is_help=True, add_completion=False,
                   help="Consent and suppression engine for email, SMS and push.")
@@ -132,15 +134,26 @@ def subscribe(ctx: Ctx, ref: str, slug: str,
               confirmed: Annotated[bool, typer.Option(
                   "--confirmed", help="Consent was confirmed already (skip double opt-in).")]
               = False, note: NoteOption = None) -> None:
-    """Subscribe a profile to a service; double opt-in services leave it pending."""
+    """Subscribe a profile to a service; double opt-in services leave it pending and send
+    the confirmation message (again, if it was pending already)."""
     with ctx.begin() as conn:
         pid = profiles.resolve(conn, ref, ctx.settings.default_region)
-        result = consent.subscribe(conn, pid, consent.get_service(conn, slug), ctx.origin(note),
-                                   confirmed=confirmed)
-    ctx.emit({"profile": pid, "service": slug, "state": result.state.value,
-              "changed": result.changed, "needs_confirmation": result.needs_confirmation},
-             lambda: out_console.print(f"profile {pid}: {slug} {result.state.value}"
-                                       + ("" if result.changed else " (unchanged)")))
+        service = consent.get_service(conn, slug)
+        result = consent.subscribe(conn, pid, service, ctx.origin(note), confirmed=confirmed)
+        signer = Signer.for_database(conn, ctx.settings)
+    data = {"profile": pid, "service": slug, "state": result.state.value,
+            "changed": result.changed, "needs_confirmation": result.needs_confirmation}
+    sent = None
+    if result.state is SubscriptionState.PENDING:
+        # After the commit: no row stays locked while the relay answers.
+        sent = confirmation.send_confirmation(ctx.engine, ctx.settings, signer, pid, service)
+        data["confirmation_sent"] = sent.sent
+        if not sent.sent:
+            err_console.print(f"warning: the confirmation was not sent: {sent.detail}")
+    ctx.emit(data, lambda: out_console.print(
+        f"profile {pid}: {slug} {result.state.value}"
+        + ("" if result.changed else " (unchanged)")
+        + ("; confirmation sent" if sent and sent.sent else "")))
 
 
 @command(app, "unsubscribe")

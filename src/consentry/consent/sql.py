@@ -59,3 +59,14 @@ EXPIRE = (
            subscriptions.c.expires_at <= sa.bindparam("now"))
     .values(state="expired", state_at=sa.bindparam("now"))
 )
+
+# Double opt-in requests nobody confirmed: removed after `web.pending_purge_days` by one DELETE
+# that returns what it removed, so the ledger records each as expired. A confirmation racing
+# the purge either commits first (no longer pending, not deleted) or finds no row.
+PURGE_PENDING = (
+    subscriptions.delete()
+    .where(subscriptions.c.state == "pending", subscriptions.c.state_at <= sa.bindparam("cutoff"))
+    .returning(subscriptions.c.profile_id, subscriptions.c.service_id)
+)
+
+SERVICE_NAMES = sa.select(services.c.id, services.c.slug, services.c.channel)
