@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from consentry.cli import (
+    auth_cmds,
     delivery_cmds,
     demo_cmd,
     feedback_cmds,
@@ -43,6 +44,8 @@ app.add_typer(privacy_cmds.app, name="privacy")
 app.add_typer(delivery_cmds.app, name="delivery")
 app.add_typer(sms_cmds.app, name="sms")
 app.add_typer(feedback_cmds.app, name="feedback")
+app.add_typer(auth_cmds.operators_app, name="operators")
+app.add_typer(auth_cmds.apikeys_app, name="apikeys")
 
 
 @app.callback()

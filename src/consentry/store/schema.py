@@ -290,3 +290,105 @@ inbound_sms = sa.Table(
     sa.Column("reply", sa.Text),  # the confirmation we answered with, if any
     sa.Index("ix_inbound_sms_from_received", "from_number", "received_at"),
 )
+
+# --- operators, API keys, audit --------------------------------------------------------------
+
+# People who use the console. Passwords are argon2 hashes; repeated failed logins lock the
+# account for a while (failed_logins counts since the last success).
+operators = sa.Table(
+    "operators", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("login", sa.String(255), nullable=False, unique=True),
+    sa.Column("password_hash", sa.String(255), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),  # admin | operator | viewer
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("disabled_at", UTCDateTime),
+    sa.Column("failed_logins", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("locked_until", UTCDateTime),
+    sa.Column("last_login_at", UTCDateTime),
+)
+
+# Console sessions: the cookie holds a random token, the table its SHA-256, so a stolen
+# database does not hand out sessions; logout deletes the row.
+operator_sessions = sa.Table(
+    "operator_sessions", metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("operator_id", BigId, sa.ForeignKey("operators.id", ondelete="CASCADE"),
+              nullable=False, index=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("ip", sa.String(64)),
+    sa.Column("user_agent", sa.String(512)),
+)
+
+# API keys: "csk_<prefix>_<secret>"; only the SHA-256 of the whole key is kept (the key is
+# random and long, so a fast hash is enough and every request can afford it). Shown once.
+api_keys = sa.Table(
+    "api_keys", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("prefix", sa.String(16), nullable=False, unique=True),
+    sa.Column("key_hash", sa.String(64), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("created_by", sa.String(255)),
+    sa.Column("revoked_at", UTCDateTime),
+    sa.Column("last_used_at", UTCDateTime),
+)
+
+# What operators and API clients did that is not a consent change (those are in the ledger):
+# operators and keys managed, deliveries created and sent, services changed, logins.
+audit_log = sa.Table(
+    "audit_log", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime, nullable=False, index=True),
+    sa.Column("actor", sa.String(255), nullable=False),  # operator:LOGIN, apikey:NAME, os:USER
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(255)),
+    sa.Column("detail", sa.JSON),
+    sa.Column("ip", sa.String(64)),
+)
+
+# POST requests with an Idempotency-Key: the answer is kept and replayed for the same key.
+idempotency_keys = sa.Table(
+    "idempotency_keys", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("principal", sa.String(255), nullable=False),
+    sa.Column("key", sa.String(255), nullable=False),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("status_code", sa.Integer, nullable=False),
+    sa.Column("body", sa.JSON),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("principal", "key", name="uq_idempotency_keys_principal_key"),
+)
+
+# --- outbound webhooks -----------------------------------------------------------------------
+
+webhook_endpoints = sa.Table(
+    "webhook_endpoints", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("url", sa.String(2048), nullable=False),
+    sa.Column("secret", sa.String(255), nullable=False),  # HMAC-SHA256 key of the signatures
+    sa.Column("events", sa.JSON, nullable=False),  # kinds: opt_out, opt_in, subscription, ...
+    sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+# The outbox: one row per event and endpoint, written in the transaction of the consent change
+# itself, sent afterwards with retries; the rows are the delivery log.
+webhook_deliveries = sa.Table(
+    "webhook_deliveries", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("endpoint_id", BigId, sa.ForeignKey("webhook_endpoints.id", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # pending | delivered | failed
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=False),
+    sa.Column("last_status", sa.Integer),
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("delivered_at", UTCDateTime),
+    sa.Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
+    sa.Index("ix_webhook_deliveries_endpoint", "endpoint_id", "id"),
+)

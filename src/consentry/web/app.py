@@ -18,12 +18,29 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from consentry.settings import Settings
 from consentry.store.engine import make_engine
 from consentry.tokens import Signer
-from consentry.web import hooks, optout, preferences, sms_hooks, subscribe, unsubscribe
+from consentry.web import (
+    api_admin,
+    api_operations,
+    api_profiles,
+    hooks,
+    optout,
+    preferences,
+    sms_hooks,
+    subscribe,
+    unsubscribe,
+)
+from consentry.web.api_common import Problem
+from consentry.web.console import routes as console
 from consentry.web.deps import AppState
 from consentry.web.render import gettext, language, page
 from consentry.web.security import SecurityHeaders
 
 STATIC = Path(__file__).with_name("static")
+
+API_DESCRIPTION = """Consentry's REST API: profiles, consent, subscriptions, services,
+quarantine, deliveries and the consent ledger. Every request carries
+`Authorization: Bearer <API key>` (`consentry apikeys create NAME --role ...`); errors are
+RFC 9457 problem+json; lists are cursor-paginated; POSTs accept an `Idempotency-Key`."""
 
 # Routes that answer machines (providers, API clients) in JSON; the rest are pages.
 _MACHINE_PREFIXES = ("/hooks/", "/api/", "/healthz")
@@ -33,14 +50,22 @@ def create_app(settings: Settings, engine: sa.Engine | None = None) -> FastAPI:
     engine = engine or make_engine(settings.database_url)
     with engine.begin() as conn:
         signer = Signer.for_database(conn, settings)
-    app = FastAPI(title="Consentry", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="Consentry", version="1", description=API_DESCRIPTION,
+                  docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
     app.state.consentry = AppState(settings, engine, signer)
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    for module in (hooks, sms_hooks, unsubscribe, preferences, subscribe, optout):
-        app.include_router(module.router)
+    # The OpenAPI document describes the REST API only.
+    for module in (hooks, sms_hooks, unsubscribe, preferences, subscribe, optout, console):
+        app.include_router(module.router, include_in_schema=False)
+    for module in (api_profiles, api_operations, api_admin):
+        app.include_router(module.router, prefix="/api/v1")
 
-    @app.get("/healthz")
+    @app.exception_handler(Problem)
+    def problem(request: Request, exc: Problem) -> Response:
+        return exc.response()
+
+    @app.get("/healthz", include_in_schema=False)
     def healthz() -> JSONResponse:
         try:
             with engine.connect() as conn:
@@ -51,6 +76,8 @@ def create_app(settings: Settings, engine: sa.Engine | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if request.url.path.startswith("/api/"):
+            return Problem(exc.status_code, str(exc.detail)).response()
         if request.url.path.startswith(_MACHINE_PREFIXES):
             return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
         lang = language(request)
@@ -64,6 +91,11 @@ def create_app(settings: Settings, engine: sa.Engine | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     def bad_request(request: Request, exc: RequestValidationError) -> Response:
+        if request.url.path.startswith("/api/"):
+            first = exc.errors()[0] if exc.errors() else {}
+            field = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+            return Problem(422, "Unprocessable", str(first.get("msg", "invalid request")),
+                           field).response()
         if request.url.path.startswith(_MACHINE_PREFIXES):
             return JSONResponse({"error": "invalid request"}, status_code=400)
         lang = language(request)

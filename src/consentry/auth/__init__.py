@@ -1,0 +1,1 @@
+"""Operators, console sessions, API keys and the audit log."""
