@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import re
+import signal
+import subprocess
+import sys
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import phonenumbers
 import pytest
 import sqlalchemy as sa
 
+from browser_helpers import free_ports, wait_for, wait_for_health
+from consentry.consent import service as consent
 from consentry.demo import DemoSummary, build_demo
 from consentry.domain.errors import ConsentryError
 from consentry.domain.ledger import GENESIS, PARTITIONS
 from consentry.ledger import service as ledger
 from consentry.profiles import service as profiles
 from consentry.settings import Settings
+from consentry.store.engine import make_engine
 from consentry.store.schema import (
     ledger_events,
     ledger_heads,
@@ -256,3 +265,93 @@ def test_same_seed_same_demo(engine: sa.Engine, settings: Settings) -> None:
     assert other != first
     with engine.connect() as conn:
         assert ledger.verify(conn).ok
+
+
+# --- `consentry demo` running: web app, outbox, the printed links --------------------------
+
+
+def _get(client: httpx.Client, url: str) -> httpx.Response:
+    response = client.get(url)
+    assert response.status_code == 200, (url, response.status_code, response.text)
+    return response
+
+
+def test_demo_serves_the_pages_and_keeps_the_confirmation_in_its_outbox(tmp_path):
+    database = f"sqlite:///{tmp_path / 'demo.db'}"  # not migrated: demo does it
+    web_port, outbox_port = free_ports(2)
+    base = f"http://127.0.0.1:{web_port}"
+    output = tmp_path / "demo.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONSENTRY_")}
+    # A relay configured in the environment is not used: demo mail goes to the outbox only.
+    env["CONSENTRY_SMTP_URL"] = "smtp://127.0.0.1:9"
+    with output.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "consentry", "demo", "--profiles", "60", "--port",
+             str(web_port), "--outbox-port", str(outbox_port), "--database", database],
+            cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        wait_for_health(base, process, output)
+        log = output.read_text()
+        assert f"{base}/s/newsletter" in log and f"{base}/demo/outbox" in log, log
+        [preferences] = re.findall(rf"{re.escape(base)}/p/\S+", log)
+        with httpx.Client(timeout=30) as client:
+            center = _get(client, preferences).text  # the showcase profile's, prefilled
+            assert "j•••@example.de" in center and 'type="checkbox"' in center
+            assert "No messages yet" in _get(client, f"{base}/demo/outbox").text
+
+            form = _get(client, f"{base}/s/newsletter?lang=en").text
+            csrf = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
+            wording = re.search(r'name="wording" value="([^"]+)"', form).group(1)
+            answer = client.post(f"{base}/s/newsletter?lang=en", data={
+                "csrf_token": csrf, "wording": wording, "address": "new.reader@example.org",
+                "consent": "yes"})
+            assert answer.status_code == 200, answer.text
+
+            listing = wait_for(lambda: "/demo/outbox/1" in (
+                text := client.get(f"{base}/demo/outbox?lang=en").text) and text,
+                "the confirmation in the outbox")
+            assert "Please confirm your subscription" in listing
+            shown = _get(client, f"{base}/demo/outbox/1?lang=en")
+            assert shown.headers["cache-control"] == "no-store"
+            [link] = set(re.findall(rf'href="({re.escape(base)}/c/[^"]+)"', shown.text))
+            confirm = _get(client, link).text
+            csrf = re.search(r'name="csrf_token" value="([^"]+)"', confirm).group(1)
+            done = client.post(link, data={"csrf_token": csrf})
+            assert done.status_code == 200 and "You are subscribed" in done.text
+            assert client.get(f"{base}/demo/outbox/99").status_code == 404
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, output.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    log = output.read_text()
+    assert "demo stopped" in log and "Traceback" not in log, log
+    engine = make_engine(database)
+    try:
+        with engine.connect() as conn:
+            pid = profiles.resolve(conn, "new.reader@example.org")
+            states = {s["service"]: s["state"] for s in
+                      consent.subscriptions_of(conn, pid)}
+            assert states == {"newsletter": "subscribed"}
+            assert ledger.verify(conn).ok
+    finally:
+        engine.dispose()
+
+
+def test_serve_has_no_outbox(engine, settings):
+    from fastapi.testclient import TestClient
+
+    from consentry.web.app import create_app
+
+    assert TestClient(create_app(settings, engine)).get("/demo/outbox").status_code == 404
+
+
+def test_demo_no_serve_builds_and_prints_the_tips(db_url):
+    from helpers import cli
+
+    run = cli(db_url, "demo", "--profiles", "60", "--no-serve")
+    assert run.exit_code == 0, run.stderr
+    assert "Demo data in" in run.stdout and "ledger verify" in run.stdout
+    again = cli(db_url, "demo", "--no-serve")
+    assert again.exit_code == 0 and "already" in again.stdout
