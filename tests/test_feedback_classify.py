@@ -46,6 +46,7 @@ HUMAN_READING: dict[str, tuple[str, str]] = {
     "sisimai/lhost-mcafee-01.eml": ("hard", "550 Unknown user"),
     "sisimai/lhost-powermta-01.eml": ("hard", "550 5.2.1 ... User Unknown"),
     "sisimai/lhost-x1-01.eml": ("hard", "[User unknown]"),
+    "sisimai/rfc3464-42.eml": ("hard", "The email account that you tried to reach does not exist"),
 }
 
 
@@ -438,3 +439,27 @@ def test_amazon_ses_notifications_sent_as_mail() -> None:
         [r] = report.recipients
         assert r.klass is klass
     assert classify(_mail("n", json.dumps(complaint))).recipients[0].address == "reader@example.org"
+
+
+def test_sender_side_failures_are_not_hard() -> None:
+    # X.1.7 / X.1.8 speak of our sender address; a reply naming our address is about us.
+    assert classify_reply(550, "5.1.7 No such domain example.org").klass is FailureClass.SOFT
+    report = classify(_dsn(("x@example.org", "failed", "5.2.0",
+                            "550 5.2.0 <news@example.com> From: Domain is invalid")))
+    [r] = report.recipients
+    assert (r.klass, r.reason) == (FailureClass.SOFT, "refused")
+    report = classify(_dsn(("x@example.org", "failed", "5.1.1", "550 5.1.1 unknown domain"),
+                           human="host mx.example.org said: 550 5.1.1 unknown domain "
+                                 "(in reply to MAIL FROM command) x@example.org"))
+    assert [r.klass for r in report.recipients] == [FailureClass.SOFT]
+
+
+def test_recipient_access_denied_and_japanese_user_unknown() -> None:
+    assert classify_reply(554, "5.7.1 <x@example.org>: Recipient address rejected: "
+                               "Access denied").reason == "user_unknown"
+    diag = "ユーザー Neko (x@example.org) は Domino ディレクトリには見つかりません。"
+    raw = _dsn(("x@example.org", "failed", "5.0.0", "")).replace(
+        b"Status: 5.0.0", b"Status: 5.0.0\nDiagnostic-Code: X-Notes; " + diag.encode("iso-2022-jp"))
+    [r] = classify(raw).recipients
+    assert (r.klass, r.reason) == (FailureClass.HARD, "user_unknown")
+    assert "Domino" in r.diagnostic and "\x1b" not in r.diagnostic

@@ -137,7 +137,9 @@ _SENDER_RULES = _rules(
      r"(mail ?from|envelope sender|return.path|sender'?s?) (address |domain )?.{0,30}"
      r"(does not exist|not found|unknown|invalid|not resolvable|has no mx)|"
      r"client host .{0,80}rejected|helo command rejected|reverse (dns|lookup)|\bptr\b|"
-     r"rdns|sender.{0,20}(unauthenticated|not authorized|not allowed)", "refused"),
+     r"rdns|sender.{0,20}(unauthenticated|not authorized|not allowed)|unroutable sender|"
+     r"(daily|hourly|relay|sending) (relay |sending )?(quota|limit) (reached|exceeded)|"
+     r"reached (your|the) (daily |hourly )?(relay|sending) (quota|limit)", "refused"),
 )
 
 # Tier 1: what the text says about the recipient's mailbox or domain.
@@ -173,7 +175,8 @@ _MAILBOX_RULES = _rules(
      r"(unbekannt|existiert nicht)|domaine (inexistant|inconnu)|dominio (inexistente|"
      r"no existe|desconocido)|mx (record )?(lookup )?(not found|failed)|"
      r"no (dns|address) records?|dns (error|lookup failed).{0,40}(domain|host)|"
-     r"non-?existent (host|domain|server)s?|mx records? point to non",
+     r"non-?existent (host|domain|server)s?|mx records? point to non|"
+     r"the domain is not reachable\.? please check the domain",
      "invalid_domain"),
     (r"user ?unknown|unknown (user|recipient|address|mail ?box|local.?part|account|alias|"
      r"e-?mail)|no such (user|mail ?box|recipient|account|address|local user|person|"
@@ -190,7 +193,7 @@ _MAILBOX_RULES = _rules(
      r"recipient not found by smtp address lookup|addressee unknown|address(ee)? not "
      r"(found|known)|not listed in (the )?(domino directory|public name|address book)|"
      r"no longer (on|at|with) (this|the) (server|address|company|organi[sz]ation)|"
-     r"access denied\.? as\(201806281\)|5\.4\.1 recipient address rejected: access denied|"
+     r"access denied\.? as\(201806281\)|recipient address rejected: access denied|"
      r"(recipient|e-?mail) (e-?mail )?address (is )?(possibly |probably )?(incorrect|wrong)|"
      r"has moved|moved permanently|"
      r"is no longer (valid|available|in use)|address (is )?no longer|"
@@ -206,7 +209,10 @@ _MAILBOX_RULES = _rules(
      r"invalid (\w+ ){0,2}(recipient|user|userid|address|mail ?box)|"
      r"does not have a final (e-?mail )?delivery point|no match(es)? (to|for|in) "
      r"(the )?(nameserver|directory|name server)|not (exactly )?match (an?|any) "
-     r"(\w+ ){0,2}(e-?mail )?address|not a valid user", "user_unknown"),
+     r"(\w+ ){0,2}(e-?mail )?address|not a valid user|"
+     # Japanese: "user ... not found (in the directory)", "does not exist", "unknown address"
+     r"(ユーザ|ユーザー|宛先|アドレス|受信者).{0,80}(見つかりません|存在しません)|宛先不明",
+     "user_unknown"),
     (r"message (is |was )?too (big|large|long)|message (size|length) (exceeds|is over)|"
      r"exceeds? (the )?(maximum|max|allowed|message|fixed)( \S+)? (message )?(size|length)|"
      r"size (limit|exceeds)|too large|mesg too big|message.{0,30}exceed.{0,40}size|"
@@ -244,10 +250,12 @@ _POLICY_RULES = _rules(
      r"virus (found|detected|infected)|"
      r"(contains|infected with|detected) (an? )?(virus|malware)|malware|infected|trojan|"
      r"(not |non-?)(rfc ?5322|rfc ?2822|rfc ?822) ?(compliant|conformant)|"
+     r"malformed (recipient )?address|incorrectly constructed|"
      r"not (compliant|conformant) with rfc", "refused"),
     (r"time[ds]? ?out|timeout|connection (refused|reset|lost|closed|dropped|failed|"
      r"timed)|could not connect|couldn'?t connect|unable to connect|failed to connect|"
      r"cannot connect|no route to host|network (is )?unreachable|host (is )?unreachable|"
+     r"did not accept our requests? to connect|socket error|"
      r"unreachable|retry time|retry timeout|expired|too long in (the )?queue|"
      r"in the queue too long|could not be delivered (with|in|for|within)|"
      r"delivery time|given up|giving up|gave up|no answer|not responding|"
@@ -369,6 +377,9 @@ def reason_for(text: str, status: str | None = None, code: int | None = None,
     reason = (strong_reason(text) or status_reason(status) or weak_reason(text)
               or strong_reason(context) or status_reason(None, code) or weak_reason(context)
               or "not_defined")
+    if reason in ("user_unknown", "invalid_domain") and status and status.endswith(
+            (".1.7", ".1.8")):
+        reason = "refused"  # X.1.7 / X.1.8 are about the sender's address, not the recipient
     return reason, class_for(reason, code, status)
 
 

@@ -40,6 +40,7 @@ from consentry.feedback.classify_text import (
     is_system,
     part_text,
     split_original,
+    unjis,
 )
 
 __all__ = ["classify"]
@@ -267,7 +268,9 @@ def _field_blocks(part: Message) -> list[dict[str, str]]:
         for sub in payload:
             if not isinstance(sub, Message):
                 continue
-            block = {k.lower(): collapse(str(v), 2000) for k, v in sub.items()}
+            block: dict[str, str] = {}
+            for k, v in sub.items():
+                _add_field(block, k.lower(), collapse(unjis(str(v)), 2000))
             body = sub.get_payload()
             if block:
                 blocks.append(block)
@@ -278,7 +281,19 @@ def _field_blocks(part: Message) -> list[dict[str, str]]:
     return _parse_blocks(text)
 
 
+_LIST_FIELDS = frozenset({"original-rcpt-to", "removal-recipient"})
+
+
+def _add_field(block: dict[str, str], name: str, value: str) -> None:
+    """The first value of a field, except that an ARF report may repeat its recipients."""
+    if name not in block:
+        block[name] = value
+    elif name in _LIST_FIELDS and value:
+        block[name] = f"{block[name]}, {value}"
+
+
 def _parse_blocks(text: str) -> list[dict[str, str]]:
+    text = unjis(text)
     blocks: list[dict[str, str]] = []
     current: dict[str, str] = {}
     name = ""
@@ -294,7 +309,7 @@ def _parse_blocks(text: str) -> list[dict[str, str]]:
         key, sep, value = line.partition(":")
         if sep and key.strip() and " " not in key.strip():
             name = key.strip().lower()
-            current[name] = collapse(value, 2000) if name not in current else current[name]
+            _add_field(current, name, collapse(value, 2000))
     if current:
         blocks.append(current)
     return blocks
@@ -541,12 +556,13 @@ class _Classifier:
         if start < 0:
             return None
         try:
-            data = json.loads(text[start:text.rfind("}") + 1])
+            # strict=False: a relay may have folded a long line inside a JSON string
+            data = json.loads(text[start:text.rfind("}") + 1], strict=False)
         except ValueError:
             return None
         if isinstance(data, dict) and isinstance(data.get("Message"), str):
             try:
-                data = json.loads(data["Message"])
+                data = json.loads(data["Message"], strict=False)
             except ValueError:
                 return None
         if not isinstance(data, dict):
@@ -673,6 +689,9 @@ class _Classifier:
         reason, klass = reason_for(diag, status, code, context)
         if reason == "user_unknown" and _after_data(human, status):
             reason, klass = "refused", FailureClass.SOFT
+        if klass is FailureClass.HARD and self._sender_side(
+                diag, addr, _window_for(human, addr) if addr else ""):
+            reason, klass = "refused", FailureClass.SOFT
         shown = collapse(diag) or (best_line(context, addr) if context else "")
         if action in ("delayed",):
             klass = FailureClass.IGNORED
@@ -685,6 +704,20 @@ class _Classifier:
         else:
             action = "failed"
         return RecipientResult(addr, status, klass, reason, shown, action)
+
+    def _sender_side(self, diag: str, addr: str, window: str) -> bool:
+        """Whether a permanent failure is about our side, not the recipient's mailbox: the
+        server refused the sender (answered MAIL FROM, "sender was rejected"), or the reply
+        names our sender address and not the recipient ("550 5.2.0 <us@...> From: Domain is
+        invalid")."""
+        if window and _AT_MAIL_FROM.search(window[:3000]):
+            return True
+        named = {a.lower() for a in _BRACKETED.findall(diag[:1000])}
+        if not named or (addr and addr.lower() in named):
+            return False
+        _to, senders = self.original_people()
+        ours = self.own | {a.lower() for a in senders}
+        return bool(named & ours)
 
     def _named_in(self, human: str) -> list[str]:
         """Recipients named in a report's human-readable words."""
@@ -770,6 +803,8 @@ class _Classifier:
         if status is None and klass is FailureClass.HARD and _transient_words(diag_text):
             klass = FailureClass.SOFT
         if reason == "user_unknown" and _after_data(window or whole, status):
+            reason, klass = "refused", FailureClass.SOFT
+        if klass is FailureClass.HARD and self._sender_side(diag_text, addr, window):
             reason, klass = "refused", FailureClass.SOFT
         shown = best_line(window or whole[:4000], addr)
         if whole and window and not _SMTP_REPLY.search(window):
@@ -888,13 +923,25 @@ _AFTER_DATA = re.compile(
     r"[^\n]*after end of data[^\n]*", re.I)
 
 
+# A permanent reply to MAIL FROM (Exim "after MAIL FROM", Postfix "in reply to MAIL FROM
+# command", a Sendmail transcript, qmail "sender was rejected"): the recipient was never judged.
+_AT_MAIL_FROM = re.compile(
+    r"after mail from\b|in reply to mail from command|>>> mail from:[^\n]*\n\s*<<<\s*5\d\d|"
+    r"but sender was rejected", re.I)
+_BRACKETED = re.compile(r"<([^<>\s@]+@[^<>\s@]+\.[^<>\s@]+)>")
+# Sendmail's own verdict after a pipelined RCPT answer ("550 5.1.1 <x@y>... User unknown").
+_SENDMAIL_RCPT_VERDICT = re.compile(r"^\d{3} 5\.1\.1 <[^>]*>\.\.\. user unknown", re.I | re.M)
+
+
 def _after_data(text: str, status: str | None) -> bool:
     """Whether a "user unknown" came in reply to DATA (not a pipelined RCPT answer: those
     carry X.1.x codes, and Sendmail then says "Need RCPT")."""
     if not text or (status or "").startswith(("5.1.", "4.1.")):
         return False
     low = text.lower()
-    if "data" not in low or "need rcpt" in low:
+    if "data" not in low or "need rcpt" in low or "no valid recipients" in low:
+        return False
+    if _SENDMAIL_RCPT_VERDICT.search(text[:20_000]):
         return False
     for match in _AFTER_DATA.finditer(text[:20_000]):
         if re.search(r"unknown|no such|not exist|invalid", match.group(0), re.I):

@@ -43,6 +43,17 @@ def collapse(text: str, limit: int = 300) -> str:
     return _SPACE.sub(" ", text).strip()[:limit]
 
 
+def unjis(text: str) -> str:
+    """Undeclared ISO-2022-JP in a header field or DSN field (raw escape sequences, as
+    Japanese MTAs write them) as text; anything else unchanged."""
+    if "\x1b$" not in text:
+        return text
+    try:
+        return text.encode("latin-1").decode("iso-2022-jp")
+    except (UnicodeError, LookupError):
+        return text
+
+
 def decode_words(value: str | None) -> str:
     """An RFC 2047 header value as text (never raises)."""
     if not value:
