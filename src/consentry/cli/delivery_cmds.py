@@ -19,6 +19,7 @@ from consentry.delivery.transports import transport_for
 from consentry.domain.channels import parse_channel
 from consentry.domain.errors import ConsentryError
 from consentry.profiles import service as profiles
+from consentry.webhooks import dispatch as webhooks_dispatch
 
 app = typer.Typer(no_args_is_help=True, help="Deliveries: create, analyse, send, report.")
 
@@ -203,7 +204,8 @@ def worker(ctx: Ctx, poll: Annotated[float, typer.Option(
            once: Annotated[bool, typer.Option("--once", help="Stop when no work is left.")]
            = False) -> None:
     """Send deliveries that are in state `sending` (several workers may share PostgreSQL),
-    and run the periodic maintenance: expired subscriptions, time-based quarantine releases."""
+    send the due outbound webhooks, and run the periodic maintenance: expired subscriptions,
+    time-based quarantine releases."""
     last_maintenance = 0.0
     while True:
         if time.monotonic() - last_maintenance >= maintenance.EVERY:
@@ -221,6 +223,15 @@ def worker(ctx: Ctx, poll: Annotated[float, typer.Option(
                                  transport_for(channel, ctx.settings))
             err_console.print(f"delivery {delivery_id}: {stats.sent} sent, {stats.failed} "
                               f"failed, {stats.excluded_at_send} excluded at send")
-        if once and not ids:
+        try:
+            hooks = webhooks_dispatch.step(ctx.engine)
+        except Exception as exc:  # reported; tried again at the next look
+            err_console.print(f"webhook dispatch failed (tried again later): {exc}",
+                              highlight=False)
+            hooks = webhooks_dispatch.DispatchStats()
+        if hooks.claimed:
+            err_console.print(f"webhooks: {hooks.delivered} delivered, {hooks.retrying} to "
+                              f"retry, {hooks.failed} failed for good", highlight=False)
+        if once and not ids and not hooks.claimed:
             return
         time.sleep(poll)

@@ -17,6 +17,7 @@ from consentry.cli import (
     quarantine_cmds,
     serve_cmd,
     sms_cmds,
+    webhooks_cmds,
 )
 from consentry.cli.common import ROOT, Ctx, command, err_console, out_console, print_json, table
 from consentry.consent import confirmation
@@ -46,6 +47,7 @@ app.add_typer(sms_cmds.app, name="sms")
 app.add_typer(feedback_cmds.app, name="feedback")
 app.add_typer(auth_cmds.operators_app, name="operators")
 app.add_typer(auth_cmds.apikeys_app, name="apikeys")
+app.add_typer(webhooks_cmds.app, name="webhooks")
 
 
 @app.callback()

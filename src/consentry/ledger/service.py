@@ -13,27 +13,32 @@ import sqlalchemy as sa
 
 from consentry.domain import ledger as rules
 from consentry.ledger import sql
+from consentry.webhooks import service as webhooks
 
 
 def append(conn: sa.Connection, events: Sequence[rules.Event]) -> None:
     """Append events in this transaction, each chained into its partition."""
     if not events:
         return
-    by_partition: dict[int, list[rules.Event]] = defaultdict(list)
-    for event in events:
-        by_partition[rules.partition_of(event.partition_key())].append(event)
+    by_partition: dict[int, list[int]] = defaultdict(list)
+    for i, event in enumerate(events):
+        by_partition[rules.partition_of(event.partition_key())].append(i)
     rows: list[tuple[Any, ...]] = []
     new_heads: list[dict[str, Any]] = []
+    hashes = [""] * len(events)
     locked = conn.execute(sql.LOCK_HEADS, {"partitions": sorted(by_partition)}).all()
     for partition, seq, prev_hash in locked:
-        for event in by_partition[partition]:
+        for i in by_partition[partition]:
             seq += 1
-            chained = rules.chain(event, partition, seq, prev_hash)
-            prev_hash = chained.hash
-            rows.append(_row(event, chained))
+            chained = rules.chain(events[i], partition, seq, prev_hash)
+            prev_hash = hashes[i] = chained.hash
+            rows.append(_row(events[i], chained))
         new_heads.append({"p": partition, "new_seq": seq, "new_hash": prev_hash})
     _insert(conn, rows)
     conn.execute(sql.UPDATE_HEAD, new_heads)
+    # The outbound webhooks' outbox, in this same transaction (webhooks/service.py): one
+    # query when no endpoint is active. An event's hash is its unique id in the payload.
+    webhooks.enqueue(conn, events, hashes)
 
 
 def _row(event: rules.Event, chained: rules.ChainedRow) -> tuple[Any, ...]:
