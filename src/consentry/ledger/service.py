@@ -50,6 +50,9 @@ def _row(event: rules.Event, chained: rules.ChainedRow) -> tuple[Any, ...]:
             chained.personal_digest, False, chained.prev_hash, chained.hash)
 
 
+_FEW = 8  # events below which PostgreSQL gets an INSERT instead of COPY
+
+
 def _insert(conn: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
     """Insert chained rows through the driver: imports append hundreds of thousands of events,
     and SQLAlchemy's per-value bind processing cost more than the database's own work.
@@ -57,6 +60,9 @@ def _insert(conn: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
     form SQLAlchemy's SQLite DateTime reads back (naive UTC)."""
     if conn.dialect.name == "postgresql":
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        if len(rows) <= _FEW:
+            cursor.executemany(sql.INSERT_EVENTS_PG, rows)
+            return
         with cursor.copy(sql.COPY_EVENTS) as copy:
             for row in rows:
                 copy.write_row(row)

@@ -22,6 +22,9 @@ EVENT_COLUMNS = ("partition", "seq", "at", "kind", "source", "actor", "profile_i
                  "service", "old_state", "new_state", "wording", "address", "ip", "user_agent",
                  "note", "evidence", "personal_digest", "redacted", "prev_hash", "hash")
 COPY_EVENTS = f"COPY ledger_events ({', '.join(EVENT_COLUMNS)}) FROM STDIN"
+# A few events (a landing page, a one-click): COPY's extra round trips cost more than it saves.
+_PG_VALUES = ", ".join("%s::json" if c == "evidence" else "%s" for c in EVENT_COLUMNS)
+INSERT_EVENTS_PG = f"INSERT INTO ledger_events ({', '.join(EVENT_COLUMNS)}) VALUES ({_PG_VALUES})"
 INSERT_EVENTS_SQLITE = (f"INSERT INTO ledger_events ({', '.join(EVENT_COLUMNS)}) "
                         f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))})")
 
