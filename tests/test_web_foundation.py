@@ -93,3 +93,14 @@ def test_confirmation_tokens_expire_and_still_say_whose():
     assert rotated.read_confirmation_token(token, max_age_seconds=3600) == (7, "news")
     with pytest.raises(InvalidToken):
         Signer(["unrelated"]).read_confirmation_token(token, max_age_seconds=3600)
+
+
+def test_api_docs_page_may_load_swagger_ui_and_nothing_else_may(engine, settings):
+    client = TestClient(create_app(settings, engine))
+    docs = client.get("/api/docs")
+    assert docs.status_code == 200 and "swagger-ui" in docs.text
+    assert "script-src https://cdn.jsdelivr.net" in docs.headers["content-security-policy"]
+    schema = client.get("/api/openapi.json").json()
+    assert schema["openapi"].startswith("3.") and schema["paths"]
+    assert all(path.startswith("/api/v1/") for path in schema["paths"])
+    assert "script-src" not in client.get("/nowhere").headers["content-security-policy"]

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from consentry.auth import service as auth
 from consentry.auth.service import Principal
-from consentry.domain.errors import ConsentryError, NotFound
+from consentry.domain.errors import Conflict, ConsentryError, NotFound
 from consentry.domain.roles import Permission, can
 from consentry.store.schema import idempotency_keys
 from consentry.store.types import utcnow
@@ -66,16 +66,19 @@ class ProblemModel(BaseModel):
 
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ProblemModel, "content": {PROBLEM: {}}, "description": text}
+    code: {"description": text,
+           "content": {PROBLEM: {"schema": ProblemModel.model_json_schema()}}}
     for code, text in ((400, "Bad request"), (401, "Not authenticated"),
                        (403, "Not allowed"), (404, "Not found"), (409, "Conflict"),
                        (422, "Unprocessable"))}
 
 
 def from_domain(exc: ConsentryError, field: str | None = None) -> Problem:
-    """A service-layer error as a problem: not found 404, anything else 400."""
+    """A service-layer error as a problem: not found 404, a conflict 409, else 400."""
     if isinstance(exc, NotFound):
         return Problem(404, "Not found", str(exc), field)
+    if isinstance(exc, Conflict):
+        return Problem(409, "Conflict", str(exc), field)
     return Problem(400, "Bad request", str(exc), field)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -36,6 +37,10 @@ from consentry.web.render import gettext, language, page
 from consentry.web.security import SecurityHeaders
 
 STATIC = Path(__file__).with_name("static")
+_CDN = "https://cdn.jsdelivr.net"
+DOCS_CSP = (f"default-src 'none'; script-src {_CDN} 'unsafe-inline'; "
+            f"style-src {_CDN} 'unsafe-inline'; img-src 'self' data: https:; "
+            "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'")
 
 API_DESCRIPTION = """Consentry's REST API: profiles, consent, subscriptions, services,
 quarantine, deliveries and the consent ledger. Every request carries
@@ -51,7 +56,7 @@ def create_app(settings: Settings, engine: sa.Engine | None = None) -> FastAPI:
     with engine.begin() as conn:
         signer = Signer.for_database(conn, settings)
     app = FastAPI(title="Consentry", version="1", description=API_DESCRIPTION,
-                  docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
+                  docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.state.consentry = AppState(settings, engine, signer)
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -60,6 +65,15 @@ def create_app(settings: Settings, engine: sa.Engine | None = None) -> FastAPI:
         app.include_router(module.router, include_in_schema=False)
     for module in (api_profiles, api_operations, api_admin):
         app.include_router(module.router, prefix="/api/v1")
+
+    @app.get("/api/docs", include_in_schema=False)
+    def api_docs() -> Response:
+        """Swagger UI: its script and styles come from a CDN and start inline, so this one page
+        gets a Content-Security-Policy that allows them (every other page allows none)."""
+        response = get_swagger_ui_html(openapi_url="/api/openapi.json",
+                                       title="Consentry API")
+        response.headers["Content-Security-Policy"] = DOCS_CSP
+        return response
 
     @app.exception_handler(Problem)
     def problem(request: Request, exc: Problem) -> Response:
