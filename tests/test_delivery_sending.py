@@ -377,3 +377,28 @@ def test_unreachable_relay_fails_softly_without_touching_quarantine(engine, sett
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(ledger_events).where(
             ledger_events.c.kind == "quarantine")).scalar() == 0
+
+
+def test_background_sender_leaves_a_paused_delivery_paused(engine, settings, sink):
+    """`serve` and `worker` send what is `sending`; a pause made meanwhile holds, and only an
+    explicit `delivery send` resumes it."""
+    from consentry.cli.serve_cmd import DeliverySender
+
+    s = _settings(settings, sink)
+    did, _ = _delivery(engine, s, 3)
+    with engine.begin() as conn:
+        deliveries.analyze(conn, s, did)
+        sending.start(conn, did)
+        conn.execute(sa.update(deliveries.sql.d).where(deliveries.sql.d.c.id == did)
+                     .values(state="paused"))
+        assert sending.sendable(conn) == []
+    reports: list[str] = []
+    sender = DeliverySender(engine, s, report=reports.append)
+    assert sender.step() == []
+    # Even when handed the id directly (a pause landing between sendable() and send()).
+    sending.send(engine, s, did, transport_for("email", s), resume_paused=False)
+    assert sink.messages == []
+    with engine.connect() as conn:
+        assert deliveries.get(conn, did)["state"] == "paused"
+    stats = sending.send(engine, s, did, transport_for("email", s))  # `delivery send`
+    assert stats.sent == 3 and len(sink.messages) == 3

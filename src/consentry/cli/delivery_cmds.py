@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from consentry import maintenance
 from consentry.cli.common import Ctx, command, err_console, out_console, print_json, table
+from consentry.cli.serve_cmd import DeliverySender
 from consentry.delivery import sending
 from consentry.delivery import service as deliveries
 from consentry.delivery.content import Content
@@ -207,6 +208,7 @@ def worker(ctx: Ctx, poll: Annotated[float, typer.Option(
     send the due outbound webhooks, and run the periodic maintenance: expired subscriptions,
     time-based quarantine releases."""
     last_maintenance = 0.0
+    sender = DeliverySender(ctx.engine, ctx.settings)
     while True:
         if time.monotonic() - last_maintenance >= maintenance.EVERY:
             expired, released = maintenance.run(ctx.engine, ctx.settings)
@@ -214,15 +216,7 @@ def worker(ctx: Ctx, poll: Annotated[float, typer.Option(
                 err_console.print(f"{expired} subscriptions expired, {released} addresses "
                                   "released")
             last_maintenance = time.monotonic()
-        with ctx.begin() as conn:
-            ids = sending.sendable(conn)
-        for delivery_id in ids:
-            with ctx.begin() as conn:
-                channel = deliveries.get(conn, delivery_id)["channel"]
-            stats = sending.send(ctx.engine, ctx.settings, delivery_id,
-                                 transport_for(channel, ctx.settings))
-            err_console.print(f"delivery {delivery_id}: {stats.sent} sent, {stats.failed} "
-                              f"failed, {stats.excluded_at_send} excluded at send")
+        ids = sender.step()
         try:
             hooks = webhooks_dispatch.step(ctx.engine)
         except Exception as exc:  # reported; tried again at the next look

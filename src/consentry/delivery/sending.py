@@ -296,15 +296,17 @@ def _phrase(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def start(conn: sa.Connection, delivery_id: int, now: datetime | None = None) -> dict[str, Any]:
-    """Mark an analysed delivery as sending (idempotent for one already sending)."""
+def start(conn: sa.Connection, delivery_id: int, now: datetime | None = None, *,
+          resume_paused: bool = True) -> dict[str, Any]:
+    """Mark an analysed delivery as sending (idempotent for one already sending). A paused one
+    is resumed only when asked (`delivery send`); background senders leave it paused."""
     delivery = deliveries.get(conn, delivery_id, for_update=True)
     if delivery["state"] == "draft":
         raise ConsentryError(f"delivery {delivery_id} has not been analysed: run "
                              f"`consentry delivery analyze {delivery_id}` first")
     if delivery["state"] == "done":
         return delivery
-    if delivery["state"] in ("analyzed", "paused"):
+    if delivery["state"] == "analyzed" or (delivery["state"] == "paused" and resume_paused):
         conn.execute(sql.UPDATE_DELIVERY, {"delivery_id": delivery_id, "state": "sending",
                                            "started_at": delivery["started_at"] or now
                                            or utcnow()})
@@ -321,12 +323,14 @@ def finish_if_done(conn: sa.Connection, delivery_id: int) -> bool:
 
 
 def send(engine: sa.Engine, settings: Settings, delivery_id: int, transport: Transport, *,
-         loops: int = 1, progress: Callable[[SendStats], None] | None = None) -> SendStats:
-    """Send a delivery from this process with `loops` concurrent claim-send loops."""
+         loops: int = 1, progress: Callable[[SendStats], None] | None = None,
+         resume_paused: bool = True) -> SendStats:
+    """Send a delivery from this process with `loops` concurrent claim-send loops. With
+    resume_paused False (background workers), a delivery paused meanwhile stays paused."""
     stats = SendStats()
     with Worker(engine) as worker:
         with engine.begin() as conn:
-            start(conn, delivery_id)
+            start(conn, delivery_id, resume_paused=resume_paused)
             stats.requeued, stats.unknown = recover(conn, delivery_id, utcnow())
 
         async def main() -> None:

@@ -91,7 +91,8 @@ def create_app(settings: Settings, engine: sa.Engine | None = None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if request.url.path.startswith("/api/"):
-            return Problem(exc.status_code, str(exc.detail)).response()
+            return Problem(exc.status_code, str(exc.detail),
+                           headers=getattr(exc, "headers", None)).response()
         if request.url.path.startswith(_MACHINE_PREFIXES):
             return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
         lang = language(request)
