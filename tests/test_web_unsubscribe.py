@@ -278,6 +278,23 @@ def test_one_click_ignores_a_cookie_but_any_other_body_needs_csrf(engine, world)
     assert snapshot(engine) == before
 
 
+def test_one_click_fast_path_answers_with_the_security_headers(engine, world):
+    """The urlencoded one-click is answered before the framework's routing
+    (web/one_click.py); its answer carries the same headers as every page."""
+    app, a = world
+    answer = TestClient(app).post(f"/u/{token(app, a)}", content=b"List-Unsubscribe=One-Click",
+                                  headers={"content-type": "application/x-www-form-urlencoded",
+                                           "accept-language": "de"})
+    assert answer.status_code == 200 and '<html lang="de">' in answer.text
+    assert "default-src 'none'" in answer.headers["content-security-policy"]
+    assert answer.headers["referrer-policy"] == "no-referrer"
+    assert answer.headers["cache-control"] == "no-store"
+    assert sub_state(engine, a) == "unsubscribed"
+    forged = TestClient(app).post("/u/forged.token", content=b"List-Unsubscribe=One-Click",
+                                  headers={"content-type": "application/x-www-form-urlencoded"})
+    assert forged.status_code == 400 and "not valid" in forged.text
+
+
 # --- the form's three choices -----------------------------------------------------------------
 
 

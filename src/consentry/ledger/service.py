@@ -35,7 +35,8 @@ def append(conn: sa.Connection, events: Sequence[rules.Event]) -> None:
             rows.append(_row(events[i], chained))
         new_heads.append({"p": partition, "new_seq": seq, "new_hash": prev_hash})
     _insert(conn, rows)
-    conn.execute(sql.UPDATE_HEAD, new_heads)
+    # One head: a plain execute (an executemany of one row costs psycopg a pipeline sync).
+    conn.execute(sql.UPDATE_HEAD, new_heads[0] if len(new_heads) == 1 else new_heads)
     # The outbound webhooks' outbox, in this same transaction (webhooks/service.py): one
     # query when no endpoint is active. An event's hash is its unique id in the payload.
     webhooks.enqueue(conn, events, hashes)
@@ -60,6 +61,9 @@ def _insert(conn: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
     form SQLAlchemy's SQLite DateTime reads back (naive UTC)."""
     if conn.dialect.name == "postgresql":
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        if len(rows) == 1:
+            cursor.execute(sql.INSERT_EVENTS_PG, rows[0])
+            return
         if len(rows) <= _FEW:
             cursor.executemany(sql.INSERT_EVENTS_PG, rows)
             return

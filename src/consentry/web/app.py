@@ -33,6 +33,7 @@ from consentry.web import (
 from consentry.web.api_common import Problem
 from consentry.web.console import routes as console
 from consentry.web.deps import AppState
+from consentry.web.one_click import OneClickFastPath
 from consentry.web.render import gettext, language, page
 from consentry.web.security import SecurityHeaders
 
@@ -58,6 +59,8 @@ def create_app(settings: Settings, engine: sa.Engine | None = None) -> FastAPI:
     app = FastAPI(title="Consentry", version="1", description=API_DESCRIPTION,
                   docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.state.consentry = AppState(settings, engine, signer)
+    # Added first, so it runs inside SecurityHeaders: its answers get the headers too.
+    app.add_middleware(OneClickFastPath)
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     # The OpenAPI document describes the REST API only.

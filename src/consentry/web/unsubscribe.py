@@ -364,11 +364,20 @@ def post(request: Request, token: str,
 
 def _one_click(request: Request, app: AppState, link: Link) -> Response:
     """RFC 8058: leave the service (else the channel); 200, no redirect, no cookie set."""
-    lang = language(request)  # mail providers do not read the answer: no profile lookup
+    status, html = one_click_answer(app, link, client_ip(request),
+                                    request.headers.get("user-agent"), language(request),
+                                    request.url.path)
+    return private_page(HTMLResponse(html, status_code=status))
+
+
+def one_click_answer(app: AppState, link: Link, ip: str | None, user_agent: str | None,
+                     lang: str, path: str) -> tuple[int, str]:
+    """The one-click unsubscription itself, without the web framework (the route above and
+    the fast path in one_click.py share it): (status, page). Mail providers do not read the
+    answer, so the language is the request's, not the profile's (no extra query)."""
     choice = Choice.SERVICE if link.service_slug else Choice.CHANNEL
     origin = Origin(source=Source.ONE_CLICK, actor=f"profile:{link.profile_id}",
-                    ip=client_ip(request), user_agent=request.headers.get("user-agent"),
-                    wording=ONE_CLICK_WORDING,
+                    ip=ip, user_agent=user_agent, wording=ONE_CLICK_WORDING,
                     evidence={"page": "/u", "lang": lang, "delivery": link.delivery_id,
                               "choice": choice.value})
     try:
@@ -376,18 +385,27 @@ def _one_click(request: Request, app: AppState, link: Link) -> Response:
             service = _cached_service(app, conn, link.service_slug)
             result = apply(conn, app, link, choice, origin, service)
     except NotFound:
-        return _bare(request, lang, "message.html", 410, resend_action=None,
-                     title=gettext(lang, GONE[0]), paragraphs=[gettext(lang, GONE[1])])
+        return 410, _bare_html(lang, path, "message.html", resend_action=None,
+                               title=gettext(lang, GONE[0]), paragraphs=[gettext(lang, GONE[1])])
     title, paragraphs = describe(result, lang)
-    return _bare(request, lang, "unsubscribe_done.html", 200, title=title,
-                 paragraphs=paragraphs, preferences_url=None)
+    return 200, _bare_html(lang, path, "unsubscribe_done.html", title=title,
+                           paragraphs=paragraphs, preferences_url=None)
+
+
+def invalid_one_click(lang: str, path: str) -> str:
+    return _bare_html(lang, path, "message.html", resend_action=None,
+                      title=gettext(lang, INVALID[0]), paragraphs=[gettext(lang, INVALID[1])])
+
+
+def _bare_html(lang: str, path: str, template: str, **context: Any) -> str:
+    return environment(lang).get_template(template).render(
+        lang=lang, csrf_field=CSRF_FIELD, csrf_token="", honeypot_field=HONEYPOT_FIELD,
+        path=path, **context)
 
 
 def _bare(request: Request, lang: str, template: str, status: int,
           **context: Any) -> Response:
     """A page rendered without page(): it sets no CSRF cookie (one-click requests have none,
     and their answers carry no form)."""
-    html = environment(lang).get_template(template).render(
-        lang=lang, csrf_field=CSRF_FIELD, csrf_token="", honeypot_field=HONEYPOT_FIELD,
-        path=request.url.path, **context)
+    html = _bare_html(lang, request.url.path, template, **context)
     return private_page(HTMLResponse(html, status_code=status))
