@@ -120,9 +120,13 @@ def _showcase(engine: sa.Engine, settings: Settings) -> int | None:
 
 
 def _serve(ctx: Ctx, host: str, port: int, outbox_port: int) -> None:
-    import uvicorn
-
-    from consentry.cli.serve_cmd import Background, _log_to_stderr, _terminate, _Terminated
+    from consentry.cli.serve_cmd import (
+        Background,
+        _log_to_stderr,
+        _terminate,
+        _Terminated,
+        run_web,
+    )
     from consentry.tokens import Signer
     from consentry.web.app import create_app
     from consentry.web.outbox import Outbox, add_outbox
@@ -161,8 +165,7 @@ def _serve(ctx: Ctx, host: str, port: int, outbox_port: int) -> None:
             console.print(line, highlight=False, soft_wrap=True)
         background = Background(settings, engine, signer)
         background.start()
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
-        server.run()  # until Ctrl-C or SIGTERM
+        run_web(app, host, port)  # until Ctrl-C or SIGTERM
     except (KeyboardInterrupt, _Terminated):
         pass
     finally:

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Any
 
 import sqlalchemy as sa
 import typer
@@ -203,7 +203,6 @@ def serve(ctx: Ctx,
               help="Address the SMTP receiver listens on (default: --host).")] = None) -> None:
     """Web app (landing pages, console, API) and background work; with --feedback-smtp-port
     also the inbound SMTP receiver for bounces, complaints and mailto unsubscribes."""
-    import uvicorn
 
     from consentry.web.app import create_app
 
@@ -234,9 +233,7 @@ def serve(ctx: Ctx,
             where = imap_poll.parse_imap_url(ctx.settings.feedback.imap_url).describe()
             err_console.print(f"polling {where} every {background.imap_every:g} s",
                               highlight=False)
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info",
-                                             access_log=False))
-        server.run()  # until Ctrl-C or SIGTERM; then uvicorn re-raises the signal
+        run_web(app, host, port)  # until Ctrl-C or SIGTERM; then uvicorn re-raises it
     except (KeyboardInterrupt, _Terminated):
         pass
     finally:
@@ -246,6 +243,15 @@ def serve(ctx: Ctx,
             receiver.stop()
         signal.signal(signal.SIGTERM, previous)
     err_console.print("stopped")
+
+
+def run_web(app: Any, host: str, port: int) -> None:
+    """Serve the web app with uvicorn until Ctrl-C or SIGTERM. No access log: a line per
+    request costs more than a one-click unsubscription itself."""
+    import uvicorn  # here, not at the top: every other command starts without it
+
+    uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info",
+                                  access_log=False)).run()
 
 
 def describe_poll(result: imap_poll.PollResult) -> str:

@@ -337,10 +337,10 @@ def confirmation_page(request: Request, token: str) -> Response:
     return _confirm_page(request, lang, found)
 
 
-@router.post("/c/{token}")
-def confirm(request: Request, token: str, csrf: str = Form("", alias=CSRF_FIELD),
-            honeypot: str = Form("", alias=HONEYPOT_FIELD)) -> Response:
-    """Confirm a pending subscription and answer with the final page."""
+def _checked(request: Request, token: str,
+             csrf: str) -> tuple[_Request, bool, str] | Response:
+    """What a POST to a confirmation link starts with: the link read, the CSRF value checked,
+    an already confirmed request answered. (request, expired, language) or the answer."""
     read = _read(request, token)
     if isinstance(read, Response):
         return read
@@ -352,6 +352,17 @@ def confirm(request: Request, token: str, csrf: str = Form("", alias=CSRF_FIELD)
         return private_page(_forbidden(request, lang))
     if found.state is SubscriptionState.SUBSCRIBED:
         return private_page(_subscribed(request, lang, found.service))
+    return found, expired, lang
+
+
+@router.post("/c/{token}")
+def confirm(request: Request, token: str, csrf: str = Form("", alias=CSRF_FIELD),
+            honeypot: str = Form("", alias=HONEYPOT_FIELD)) -> Response:
+    """Confirm a pending subscription and answer with the final page."""
+    checked = _checked(request, token, csrf)
+    if isinstance(checked, Response):
+        return checked
+    found, expired, lang = checked
     if found.state is not SubscriptionState.PENDING:
         return _gone(request, lang)
     if expired:
@@ -385,17 +396,10 @@ def confirm(request: Request, token: str, csrf: str = Form("", alias=CSRF_FIELD)
 @router.post("/c/{token}/resend")
 def resend(request: Request, token: str, csrf: str = Form("", alias=CSRF_FIELD)) -> Response:
     """A new link for a request still pending (the expired page's form)."""
-    read = _read(request, token)
-    if isinstance(read, Response):
-        return read
-    found, _expired_link = read
-    if found is None:
-        return _gone(request, language(request))
-    lang = language(request, found.locale)
-    if not csrf_ok(request, csrf):
-        return private_page(_forbidden(request, lang))
-    if found.state is SubscriptionState.SUBSCRIBED:
-        return private_page(_subscribed(request, lang, found.service))
+    checked = _checked(request, token, csrf)
+    if isinstance(checked, Response):
+        return checked
+    found, _expired_link, lang = checked
     if found.state is not SubscriptionState.PENDING or found.address is None:
         return _gone(request, lang)
     if not _allowed(request, found.service.channel, found.address.key):
