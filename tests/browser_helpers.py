@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import socket
 import subprocess
 import threading
 import time
@@ -23,19 +22,11 @@ from typing import Any
 import pytest
 import uvicorn
 
+from helpers import free_ports
+
 CHROMIUM = os.environ.get("CONSENTRY_CHROMIUM", "/usr/bin/chromium")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 URL = re.compile(r"https?://[^\s<>\"]+")
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free ports on 127.0.0.1 (all held at once while they are picked)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-                 for _ in range(count)]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 class LiveServer:

@@ -18,14 +18,12 @@ they fail (.ci/run installs dovecot-imapd).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import imaplib
 import ipaddress
 import os
 import pwd
 import shutil
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -41,6 +39,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from helpers import free_ports
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 USER = "bounces"
@@ -63,16 +63,6 @@ def dovecot_binary() -> str:
 
 def free_port() -> int:
     return free_ports(1)[0]
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free ports on 127.0.0.1 (all held at once while they are picked)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-                 for _ in range(count)]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 def _certificates(directory: Path) -> tuple[Path, Path, Path]:

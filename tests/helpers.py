@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,3 +42,13 @@ def run_in_threads(target: Callable[[int], None], count: int) -> None:
     with ThreadPoolExecutor(max_workers=count) as pool:
         for future in [pool.submit(target, i) for i in range(count)]:
             future.result()
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports on 127.0.0.1 (all held at once while they are picked)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                 for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]

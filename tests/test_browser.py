@@ -29,7 +29,6 @@ from browser_helpers import (
     body_text,
     check_accessibility,
     chromium,
-    free_ports,
     links,
     parse_message,
     require_chromium,
@@ -46,6 +45,7 @@ from consentry.store.schema import ledger_events
 from consentry.tokens import Signer
 from consentry.web.app import create_app
 from consentry.web.render import gettext
+from helpers import free_ports
 from smtp_sink import SmtpSink
 
 # What each page must say, from the catalogs: the German run fails if a page stays English.

@@ -18,7 +18,7 @@ import phonenumbers
 import pytest
 import sqlalchemy as sa
 
-from browser_helpers import free_ports, wait_for, wait_for_health
+from browser_helpers import wait_for, wait_for_health
 from consentry.consent import service as consent
 from consentry.demo import DemoSummary, build_demo
 from consentry.domain.errors import ConsentryError
@@ -39,6 +39,7 @@ from consentry.store.schema import (
 )
 from consentry.store.schema import profiles as profiles_table
 from consentry.store.types import utcnow
+from helpers import free_ports
 
 SMALL = 300
 DOC_NETS = [ipaddress.ip_network(n) for n in

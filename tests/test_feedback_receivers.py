@@ -29,8 +29,8 @@ from consentry.quarantine import service as quarantine
 from consentry.settings import FeedbackSettings, Settings
 from consentry.store.engine import make_engine
 from consentry.store.schema import feedback_messages
-from dovecot import PASSWORD, USER, Dovecot, free_ports
-from helpers import cli
+from dovecot import PASSWORD, USER, Dovecot
+from helpers import cli, free_ports
 
 BOUNCES = "bounces@bounces.example.com"  # a bounce address without a VERP tag
 

@@ -313,6 +313,19 @@ def start(conn: sa.Connection, delivery_id: int, now: datetime | None = None, *,
     return deliveries.get(conn, delivery_id)
 
 
+def pause(conn: sa.Connection, delivery_id: int) -> bool:
+    """Stop a sending delivery after the batches already handed to the transport (its
+    senders see the state before each claim); False when it was paused already."""
+    delivery = deliveries.get(conn, delivery_id, for_update=True)
+    if delivery["state"] not in ("sending", "paused"):
+        raise ConsentryError(f"delivery {delivery_id} is {delivery['state']}: only a sending "
+                             "delivery can be paused")
+    if delivery["state"] == "paused":
+        return False
+    conn.execute(sql.UPDATE_DELIVERY, {"delivery_id": delivery_id, "state": "paused"})
+    return True
+
+
 def finish_if_done(conn: sa.Connection, delivery_id: int) -> bool:
     left = conn.execute(sql.left_to_send(delivery_id)).scalar_one()
     if left:

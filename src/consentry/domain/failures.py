@@ -333,17 +333,6 @@ def text_reason(text: str, status: str | None = None) -> str | None:
     return strong_reason(text) or status_reason(status) or weak_reason(text)
 
 
-def mailbox_reason(text: str) -> str | None:
-    """Only the strong facts about the recipient (tier 1): for boilerplate-heavy texts."""
-    if not text:
-        return None
-    low = text.lower()
-    for pattern, reason in _SENDER_RULES + _MAILBOX_RULES:
-        if pattern.search(text, low):
-            return reason
-    return None
-
-
 def status_reason(status: str | None, code: int | None = None) -> str | None:
     """What the enhanced status code (else the basic reply code) alone says, or None."""
     if status:

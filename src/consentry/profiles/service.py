@@ -183,3 +183,48 @@ def duplicates(conn: sa.Connection) -> list[dict[str, Any]]:
         result.append({"channel": row["channel"], "address": row["address"],
                        "profiles": ids})
     return result
+
+
+def update(conn: sa.Connection, settings: Settings, profile_id: int, changes: dict[str, Any],
+           origin: Origin, now: datetime | None = None) -> None:
+    """Change a profile's fields; a new email or phone has the suppression of an erased address
+    re-applied (as `profiles.create` does), so an update is no way around an erasure."""
+    now = now or utcnow()
+    consent.lock_profile(conn, profile_id)
+    current = get(conn, profile_id)
+    values: dict[str, Any] = {}
+    new_addresses: list[Address] = []
+    if "email" in changes:
+        raw = changes["email"]
+        email = normalize_email(raw) if raw and raw.strip() else None
+        values["email"] = email.value if email else None
+        values["email_key"] = email.key if email else None
+        if email and email.key != current["email_key"]:
+            new_addresses.append(email)
+    if "phone" in changes:
+        raw = changes["phone"]
+        phone = normalize_phone(raw, settings.default_region) if raw and raw.strip() else None
+        values["phone"] = phone.value if phone else None
+        if phone and phone.value != current["phone"]:
+            new_addresses.append(phone)
+    if "external_id" in changes:
+        raw = changes["external_id"]
+        external_id = raw.strip() if raw and raw.strip() else None
+        holder = (conn.execute(sql.BY_EXTERNAL_ID, {"external_id": external_id}).scalar()
+                  if external_id else None)
+        if holder is not None and holder != profile_id:
+            raise Conflict(f"a profile with external id {external_id!r} exists already")
+        values["external_id"] = external_id
+    for name in ("first_name", "last_name"):
+        if name in changes:
+            raw = changes[name]
+            values[name] = raw.strip() or None if raw else None
+    if "locale" in changes:
+        values["locale"] = normalize_locale(changes["locale"])
+    if "attributes" in changes:
+        values["attributes"] = changes["attributes"] or None
+    if not values:
+        return
+    values["updated_at"] = now
+    conn.execute(sql.UPDATE.values(**values), {"profile_id": profile_id})
+    suppression.reapply(conn, settings, profile_id, new_addresses, origin, now)

@@ -23,7 +23,6 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 from consentry.auth.service import Principal, audit
 from consentry.delivery import sending
 from consentry.delivery import service as deliveries
-from consentry.delivery import sql as delivery_sql
 from consentry.delivery.content import Content, ContentError
 from consentry.delivery.content import check as check_content
 from consentry.domain import quarantine as rules
@@ -690,9 +689,7 @@ def pause_delivery(request: Request, delivery_id: DeliveryId, principal: Writer,
             current = _state_of(conn, delivery_id)
             if current not in ("sending", "paused"):
                 raise _conflict(delivery_id, current, "only a sending delivery can be paused")
-            if current == "sending":
-                conn.execute(delivery_sql.UPDATE_DELIVERY,
-                             {"delivery_id": delivery_id, "state": "paused"})
+            if sending.pause(conn, delivery_id):
                 audit(conn, principal.actor, "delivery.pause", f"delivery:{delivery_id}",
                       None, client_ip(request))
             data = _load(conn, delivery_id)

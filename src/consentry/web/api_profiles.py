@@ -25,19 +25,17 @@ from consentry.consent import confirmation
 from consentry.consent import service as consent
 from consentry.delivery import service as delivery
 from consentry.domain import consent as consent_rules
-from consentry.domain.addresses import Address, normalize_email, normalize_phone
+from consentry.domain.addresses import normalize_email, normalize_phone
 from consentry.domain.channels import Channel
 from consentry.domain.consent import SubscriptionState
-from consentry.domain.errors import Conflict, ConsentryError, InvalidAddress, NotFound
+from consentry.domain.errors import ConsentryError, InvalidAddress, NotFound
 from consentry.domain.ledger import Origin, Source
 from consentry.domain.quarantine import Status
 from consentry.domain.reachability import Exclusion
 from consentry.ledger import service as ledger
 from consentry.ledger import sql as ledger_sql
 from consentry.privacy import service as privacy
-from consentry.privacy import suppression
 from consentry.profiles import service as profiles
-from consentry.profiles import sql as profile_sql
 from consentry.settings import Settings
 from consentry.store.schema import opt_outs, services, subscriptions
 from consentry.store.schema import profiles as profiles_table
@@ -396,52 +394,6 @@ def _in_memory_page(items: list[dict[str, Any]], key: str, limit: int,
     return page(rest[:limit + 1], limit, lambda i: i[key])
 
 
-def update_profile(conn: sa.Connection, settings: Settings, profile_id: int,
-                   changes: dict[str, Any], origin: Origin,
-                   now: datetime | None = None) -> None:
-    """Change a profile's fields; a new email or phone has the suppression of an erased address
-    re-applied (as `profiles.create` does), so an update is no way around an erasure."""
-    now = now or utcnow()
-    consent.lock_profile(conn, profile_id)
-    current = profiles.get(conn, profile_id)
-    values: dict[str, Any] = {}
-    new_addresses: list[Address] = []
-    if "email" in changes:
-        raw = changes["email"]
-        email = normalize_email(raw) if raw and raw.strip() else None
-        values["email"] = email.value if email else None
-        values["email_key"] = email.key if email else None
-        if email and email.key != current["email_key"]:
-            new_addresses.append(email)
-    if "phone" in changes:
-        raw = changes["phone"]
-        phone = normalize_phone(raw, settings.default_region) if raw and raw.strip() else None
-        values["phone"] = phone.value if phone else None
-        if phone and phone.value != current["phone"]:
-            new_addresses.append(phone)
-    if "external_id" in changes:
-        raw = changes["external_id"]
-        external_id = raw.strip() if raw and raw.strip() else None
-        holder = (conn.execute(profile_sql.BY_EXTERNAL_ID, {"external_id": external_id}).scalar()
-                  if external_id else None)
-        if holder is not None and holder != profile_id:
-            raise Conflict(f"a profile with external id {external_id!r} exists already")
-        values["external_id"] = external_id
-    for name in ("first_name", "last_name"):
-        if name in changes:
-            raw = changes[name]
-            values[name] = raw.strip() or None if raw else None
-    if "locale" in changes:
-        values["locale"] = profiles.normalize_locale(changes["locale"])
-    if "attributes" in changes:
-        values["attributes"] = changes["attributes"] or None
-    if not values:
-        return
-    values["updated_at"] = now
-    conn.execute(profile_sql.UPDATE.values(**values), {"profile_id": profile_id})
-    suppression.reapply(conn, settings, profile_id, new_addresses, origin, now)
-
-
 # --- profiles --------------------------------------------------------------------------------
 
 _SUMMARY = [profiles_table.c[n] for n in ProfileSummary.model_fields]
@@ -538,7 +490,7 @@ def patch_profile(request: Request, principal: Writer, profile_id: ProfileId,
     changes = body.model_dump(include=body.model_fields_set)
     try:
         with st.engine.begin() as conn:
-            update_profile(conn, st.settings, profile_id, changes, _origin(request, principal))
+            profiles.update(conn, st.settings, profile_id, changes, _origin(request, principal))
             return _profile(conn, st.settings, profile_id)
     except ConsentryError as exc:
         raise _problem(exc) from None

@@ -143,7 +143,7 @@ def postmark(request: Request, body: bytes = Depends(raw_body)) -> JSONResponse:
     st = _state(request)
     hooks = st.settings.hooks
     if not hooks.postmark_username or not hooks.postmark_password:
-        return JSONResponse({"error": "not configured"}, status_code=403)
+        return _refused(Refused(403, "not configured"))
     try:
         providers.postmark_check_auth(request.headers.get("authorization"),
                                       hooks.postmark_username, hooks.postmark_password)

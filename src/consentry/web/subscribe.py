@@ -321,15 +321,10 @@ def _confirm_page(request: Request, lang: str, found: _Request) -> Response:
 @router.get("/c/{token}")
 def confirmation_page(request: Request, token: str) -> Response:
     """One button; nothing changes on a GET."""
-    read = _read(request, token)
-    if isinstance(read, Response):
-        return read
-    found, expired = read
-    if found is None:
-        return _gone(request, language(request))
-    lang = language(request, found.locale)
-    if found.state is SubscriptionState.SUBSCRIBED:
-        return private_page(_subscribed(request, lang, found.service))
+    checked = _checked(request, token, None)
+    if isinstance(checked, Response):
+        return checked
+    found, expired, lang = checked
     if found.state is not SubscriptionState.PENDING:
         return _gone(request, lang)
     if expired:
@@ -338,9 +333,10 @@ def confirmation_page(request: Request, token: str) -> Response:
 
 
 def _checked(request: Request, token: str,
-             csrf: str) -> tuple[_Request, bool, str] | Response:
-    """What a POST to a confirmation link starts with: the link read, the CSRF value checked,
-    an already confirmed request answered. (request, expired, language) or the answer."""
+             csrf: str | None) -> tuple[_Request, bool, str] | Response:
+    """What a confirmation link's page starts with: the link read, for a POST (csrf given)
+    the CSRF value checked, an already confirmed request answered. (request, expired,
+    language) or the answer."""
     read = _read(request, token)
     if isinstance(read, Response):
         return read
@@ -348,7 +344,7 @@ def _checked(request: Request, token: str,
     if found is None:
         return _gone(request, language(request))
     lang = language(request, found.locale)
-    if not csrf_ok(request, csrf):
+    if csrf is not None and not csrf_ok(request, csrf):
         return private_page(_forbidden(request, lang))
     if found.state is SubscriptionState.SUBSCRIBED:
         return private_page(_subscribed(request, lang, found.service))
