@@ -17,7 +17,8 @@ from consentry.domain.errors import ConsentryError
 from consentry.domain.ledger import Origin
 from consentry.profiles import service as profiles
 from consentry.quarantine import service as quarantine
-from consentry.store.schema import delivery_targets, ledger_events
+from consentry.settings import Settings
+from consentry.store.schema import analysis_holders, delivery_targets, ledger_events
 from consentry.store.schema import profiles as profiles_table
 from helpers import cli
 
@@ -73,13 +74,19 @@ def _reasons(engine, delivery_id) -> dict[int, tuple[str, str | None]]:
             sa.select(delivery_targets).where(delivery_targets.c.delivery_id == delivery_id))}
 
 
-def test_every_rule_gives_its_reason(engine, settings):
+@pytest.mark.parametrize("bind", ["engine", "connection"])
+def test_every_rule_gives_its_reason(engine, settings, bind):
+    """Given the engine, PostgreSQL writes the target in chunks on parallel connections; given
+    a connection, everything happens in its transaction. Both give the same target."""
     ids = _people(engine, settings)
     with engine.begin() as conn:
         did = deliveries.create(conn, settings, deliveries.NewDelivery(
             name="June", channel=Channel.EMAIL, service="news", audience="all", content=MAIL),
             "os:tester")
-        result = deliveries.analyze(conn, settings, did)
+        if bind == "connection":
+            result = deliveries.analyze(conn, settings, did)
+    if bind == "engine":
+        result = deliveries.analyze(engine, settings, did)
     assert result == {"delivery": did, "audience": 11, "to_send": 4, "excluded": {
         "address_missing": 1, "opted_out": 1, "channel_opted_out": 1, "not_subscribed": 1,
         "denylisted": 1, "quarantined": 1, "duplicate": 1}}
@@ -115,7 +122,7 @@ def test_transactional_skips_consent_but_not_quarantine(engine, settings):
         did = deliveries.create(conn, settings, deliveries.NewDelivery(
             name="receipt", channel=Channel.EMAIL, kind="transactional", service="news",
             audience="all", content=receipt), None)
-        result = deliveries.analyze(conn, settings, did)
+    result = deliveries.analyze(engine, settings, did)
     assert result["excluded"] == {"address_missing": 1, "denylisted": 1, "quarantined": 1,
                                   "duplicate": 1}
     reasons = _reasons(engine, did)
@@ -128,7 +135,7 @@ def test_service_audience_is_the_services_subscription_rows(engine, settings):
     with engine.begin() as conn:
         did = deliveries.create(conn, settings, deliveries.NewDelivery(
             name="news", channel=Channel.EMAIL, service="news", content=MAIL), None)
-        result = deliveries.analyze(conn, settings, did)
+    result = deliveries.analyze(engine, settings, did)
     assert result["audience"] == 11 and result["excluded"]["not_subscribed"] == 1
 
 
@@ -160,7 +167,8 @@ def test_fatigue_and_target_limit(engine, settings):
         tired = deliveries.create(conn, settings, deliveries.NewDelivery(
             name="second", channel=Channel.EMAIL, audience="all", content=MAIL, fatigue_max=1,
             fatigue_days=7, target_limit=10), None)
-        result = deliveries.analyze(conn, settings, tired, now=T0)
+    result = deliveries.analyze(engine, settings, tired, now=T0)
+    with engine.begin() as conn:
         recent = deliveries.create(conn, settings, deliveries.NewDelivery(
             name="third", channel=Channel.EMAIL, audience="all", content=MAIL, fatigue_max=1,
             fatigue_days=1), None)
@@ -267,7 +275,8 @@ def test_push_targets_one_row_per_device_token(engine, settings):
         did = deliveries.create(conn, settings, deliveries.NewDelivery(
             "Push", Channel.PUSH, audience="all", content=Content(subject="Hi", text="Hello")),
             "tester")
-        summary = deliveries.analyze(conn, settings, did)
+    summary = deliveries.analyze(engine, settings, did)
+    with engine.connect() as conn:
         rows = conn.execute(sa.select(delivery_targets.c.id, delivery_targets.c.profile_id,
                                       delivery_targets.c.address, delivery_targets.c.reason)
                             .where(delivery_targets.c.delivery_id == did)).all()
@@ -276,3 +285,102 @@ def test_push_targets_one_row_per_device_token(engine, settings):
         (two, token_a, None), (two, token_b, None), (none, None, "address_missing"),
         (shares, token_b, "duplicate")])
     assert len({r.id for r in rows}) == 4
+
+
+def _crowd(engine, settings, n: int) -> list[int]:
+    """n profiles subscribed to `news`, every fifth sharing its address with a profile a
+    hundred ids earlier (so the two holders fall in different chunks), every seventh opted out
+    and every eleventh address quarantined."""
+    with engine.begin() as conn:
+        news = consent.create_service(conn, "news", Channel.EMAIL, "News")
+        ids = []
+        for i in range(n):
+            address = f"p{i - 100 if i % 5 == 0 and i >= 100 else i}@example.com"
+            pid = profiles.create(conn, settings, profiles.NewProfile(email=address), OP,
+                                  now=T0 + timedelta(minutes=i))
+            consent.subscribe(conn, pid, news, OP, now=T0)
+            if i % 7 == 3:
+                consent.opt_out(conn, pid, None, OP)
+            if i % 11 == 4:
+                quarantine.apply(conn, normalize_email(address), qrules.Failure("user_unknown"),
+                                 OP, settings.quarantine)
+            ids.append(pid)
+    return ids
+
+
+def _new(engine, settings, name: str) -> int:
+    with engine.begin() as conn:
+        return deliveries.create(conn, settings, deliveries.NewDelivery(
+            name=name, channel=Channel.EMAIL, service="news", content=MAIL), None)
+
+
+def test_chunked_analysis_gives_the_target_of_a_single_transaction(engine, settings,
+                                                                   monkeypatch):
+    """Many small chunks: duplicates whose holders lie in different chunks are still ranked
+    across the whole target, and the summary counted from the chunks matches the rows."""
+    monkeypatch.setattr(deliveries, "CHUNKS_PER_CONNECTION", 12)
+    ids = _crowd(engine, settings, 400)
+    chunked, single = _new(engine, settings, "chunked"), _new(engine, settings, "single")
+    result = deliveries.analyze(engine, settings, chunked)
+    with engine.begin() as conn:
+        assert deliveries.analyze(conn, settings, single) == {**result, "delivery": single}
+        assert deliveries.summary(conn, chunked) == result
+        verdicts_left = conn.execute(sa.select(sa.func.count()).select_from(
+            analysis_holders)).scalar()
+    assert _reasons(engine, chunked) == _reasons(engine, single)
+    assert result["excluded"]["duplicate"] > 0 and result["excluded"]["opted_out"] > 0
+    reasons = _reasons(engine, chunked)
+    assert reasons[ids[100]] == ("excluded", "duplicate")  # shares p0's address, younger
+    assert verdicts_left == 0
+
+
+def test_reanalysis_replaces_the_target(engine, settings):
+    ids = _crowd(engine, settings, 30)
+    did = _new(engine, settings, "again")
+    first = deliveries.analyze(engine, settings, did)
+    with engine.begin() as conn:
+        consent.opt_out(conn, ids[0], None, OP)
+    second = deliveries.analyze(engine, settings, did)
+    assert second["audience"] == first["audience"] == 30
+    assert second["excluded"]["opted_out"] == first["excluded"]["opted_out"] + 1
+    assert _reasons(engine, did)[ids[0]] == ("excluded", "opted_out")
+
+
+def test_failed_chunk_leaves_a_draft_and_no_rows(pg_engine, pg_url, monkeypatch):
+    """A chunk that fails in the database: every row the other chunks wrote is removed and
+    the delivery is a draft again, to be analysed once more."""
+    settings = Settings(database_url=pg_url)
+    monkeypatch.setattr(deliveries, "CHUNKS_PER_CONNECTION", 4)
+    _crowd(pg_engine, settings, 60)
+    did = _new(pg_engine, settings, "fails")
+    real = deliveries.sql.insert_targets_counted
+    calls = []
+
+    def failing_third(delivery, now, profile_ids):
+        calls.append(profile_ids)
+        if len(calls) == 3:  # a statement PostgreSQL refuses: division by zero
+            return sa.select(sa.literal(1) / sa.literal(0), sa.null(), sa.null())
+        return real(delivery, now, profile_ids)
+
+    monkeypatch.setattr(deliveries.sql, "insert_targets_counted", failing_third)
+    with pytest.raises(sa.exc.DataError, match="division by zero"):
+        deliveries.analyze(pg_engine, settings, did)
+    with pg_engine.connect() as conn:
+        assert deliveries.get(conn, did)["state"] == "draft"
+        assert deliveries.summary(conn, did)["audience"] == 0
+        assert conn.execute(sa.select(sa.func.count()).select_from(analysis_holders)
+                            ).scalar() == 0
+    monkeypatch.setattr(deliveries.sql, "insert_targets_counted", real)
+    assert deliveries.analyze(pg_engine, settings, did)["audience"] == 60
+
+
+def test_one_analysis_of_a_delivery_at_a_time(pg_engine, pg_url):
+    settings = Settings(database_url=pg_url)
+    _crowd(pg_engine, settings, 5)
+    did = _new(pg_engine, settings, "busy")
+    with pg_engine.connect() as other:
+        other.execute(deliveries.sql.TRY_ANALYSIS_LOCK_PG, {"delivery_id": did})
+        with pytest.raises(ConsentryError, match="being analysed"):
+            deliveries.analyze(pg_engine, settings, did)
+        other.execute(deliveries.sql.ANALYSIS_UNLOCK_PG, {"delivery_id": did})
+    assert deliveries.analyze(pg_engine, settings, did)["audience"] == 5

@@ -92,8 +92,7 @@ def create(
 @command(app, "analyze")
 def analyze(ctx: Ctx, delivery_id: int) -> None:
     """Build the target: exclusion causes per rule, in order, and what is left to send."""
-    with ctx.begin() as conn:
-        result = deliveries.analyze(conn, ctx.settings, delivery_id)
+    result = deliveries.analyze(ctx.engine, ctx.settings, delivery_id)
     ctx.emit(result, lambda: _print_analysis(result))
 
 

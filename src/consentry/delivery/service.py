@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -99,10 +101,80 @@ def content_of(delivery: dict[str, Any]) -> content_rules.Content:
                                  text=delivery["text_body"], html=delivery["html_body"])
 
 
-def analyze(conn: sa.Connection, settings: Settings, delivery_id: int,
+def analyze(bind: sa.Engine | sa.Connection, settings: Settings, delivery_id: int,
             now: datetime | None = None) -> dict[str, Any]:
-    """Turn the audience into target rows, each excluded one with the first failing rule."""
+    """Turn the audience into target rows, each excluded one with the first failing rule.
+
+    Given a connection, all of it happens in that connection's transaction. Given the engine,
+    SQLite does the same in a transaction of its own, and PostgreSQL writes the target rows in
+    chunks of the profile id range on parallel connections, each chunk its own transaction: the
+    delivery stays a draft until the last step marks it analysed, so nothing sends from a
+    partial target, and a failed analysis removes what it wrote and leaves a draft to analyse
+    again."""
     now = now or utcnow()
+    if isinstance(bind, sa.Connection):
+        return _analyze_in(bind, settings, delivery_id, now)
+    engine = bind
+    if engine.dialect.name != "postgresql":
+        with engine.begin() as conn:
+            return _analyze_in(conn, settings, delivery_id, now)
+    with engine.connect() as conn:
+        locked = conn.execute(sql.TRY_ANALYSIS_LOCK_PG, {"delivery_id": delivery_id}).scalar()
+        conn.commit()
+        if not locked:
+            raise ConsentryError(f"delivery {delivery_id} is being analysed by another process")
+        try:
+            return _analyze_postgres(engine, conn, settings, delivery_id, now)
+        finally:
+            try:
+                conn.execute(sql.ANALYSIS_UNLOCK_PG, {"delivery_id": delivery_id})
+                conn.commit()
+            except sa.exc.DBAPIError:
+                conn.invalidate()  # closing the session releases its lock
+
+
+# Connections that write a PostgreSQL analysis's chunks at once: the insert is bound by the
+# server's CPU, so more than it has cores only queue. Several chunks each, so that a chunk of
+# slower rows does not leave a connection idle at the end.
+ANALYSIS_CONNECTIONS = max(1, min(4, os.cpu_count() or 1))
+CHUNKS_PER_CONNECTION = 4
+
+
+def _analyze_in(conn: sa.Connection, settings: Settings, delivery_id: int,
+                now: datetime) -> dict[str, Any]:
+    delivery = _prepare(conn, settings, delivery_id, now)
+    if delivery["audience"] != "proof":
+        conn.execute(sql.insert_targets(delivery, now))
+        conn.execute(sql.insert_holders(delivery))
+        _settle(conn, delivery, now, None)
+    return summary(conn, delivery_id)
+
+
+def _analyze_postgres(engine: sa.Engine, conn: sa.Connection, settings: Settings,
+                      delivery_id: int, now: datetime) -> dict[str, Any]:
+    with conn.begin():
+        delivery = _prepare(conn, settings, delivery_id, now)
+        if delivery["audience"] == "proof":
+            return summary(conn, delivery_id)
+        first, last = conn.execute(sql.PROFILE_ID_RANGE).one()
+        quarantined = conn.execute(sql.QUARANTINE_ROWS_PG).scalar_one()
+    try:
+        counts = _write_in_parallel(engine, delivery, now, first, last, quarantined)
+        with conn.begin():
+            _run(conn, sql.ANALYSIS_SETTINGS_PG)
+            _settle(conn, delivery, now, counts)
+            return _summary_of(delivery_id, counts)
+    except BaseException:
+        with conn.begin():  # nothing half-analysed stays behind
+            conn.execute(sql.delete_targets(delivery_id))
+            conn.execute(sql.delete_holders(delivery_id))
+        raise
+
+
+def _prepare(conn: sa.Connection, settings: Settings, delivery_id: int,
+             now: datetime) -> dict[str, Any]:
+    """Check the delivery and its content, release what quarantine is due, drop an earlier
+    analysis. A proof delivery is analysed here: its rows go to seed addresses, not profiles."""
     delivery = get(conn, delivery_id, for_update=True)
     if delivery["state"] not in ("draft", "analyzed"):
         raise ConsentryError(f"delivery {delivery_id} is {delivery['state']}: it was analysed "
@@ -112,27 +184,100 @@ def analyze(conn: sa.Connection, settings: Settings, delivery_id: int,
                         and delivery["audience"] != "proof")
     quarantine.release_due(conn, settings.quarantine, now)  # time-based releases first
     conn.execute(sql.delete_targets(delivery_id))
+    conn.execute(sql.delete_holders(delivery_id))
     if delivery["audience"] == "proof":
-        # Proofs go to seed addresses, not to profiles: nobody's consent is read or changed.
+        # Nobody's consent is read or changed.
         first, _ = sql.id_range(delivery_id)
         conn.execute(sql.t.insert(), [
             {"id": first + n, "delivery_id": delivery_id, "profile_id": None, "address": a,
              "address_key": a, "state": "pending"}
             for n, a in enumerate(delivery["proof_addresses"], start=1)])
+        _mark_analyzed(conn, delivery_id, now)
     else:
-        postgres = conn.dialect.name == "postgresql"
-        _run(conn, sql.ANALYSIS_SETTINGS_PG if postgres else ())
-        conn.execute(sql.insert_targets(delivery, now))
-        _run(conn, sql.REFRESH_STATISTICS_PG if postgres else ())
-        conn.execute(sql.exclude_duplicates(delivery_id, delivery["channel"]))
-        if delivery["fatigue_max"] and delivery["kind"] == "marketing":
-            since = now - timedelta(days=delivery["fatigue_days"])
-            conn.execute(sql.exclude_fatigue(delivery_id, since, delivery["fatigue_max"]))
-        if delivery["target_limit"]:
-            conn.execute(sql.exclude_over_limit(delivery_id, delivery["target_limit"]))
-    conn.execute(sql.UPDATE_DELIVERY, {"delivery_id": delivery_id, "state": "analyzed",
+        _mark_analyzed(conn, delivery_id, None)  # a draft until its target is complete
+    return delivery
+
+
+def _mark_analyzed(conn: sa.Connection, delivery_id: int, now: datetime | None) -> None:
+    conn.execute(sql.UPDATE_DELIVERY, {"delivery_id": delivery_id,
+                                       "state": "analyzed" if now else "draft",
                                        "analyzed_at": now})
-    return summary(conn, delivery_id)
+
+
+Counts = dict[tuple[str, str | None], int]
+
+
+def _write_in_parallel(engine: sa.Engine, delivery: dict[str, Any], now: datetime,
+                       first: int | None, last: int | None, quarantined: int) -> Counts:
+    """Write the target rows of each chunk of the profile id range on its own connection,
+    ANALYSIS_CONNECTIONS at a time, and meanwhile the holders of shared addresses; answer the
+    rows written by state and reason."""
+    if first is None or last is None:
+        return {}
+    chunks = ANALYSIS_CONNECTIONS * CHUNKS_PER_CONNECTION
+    step = max(1, -(-(last - first + 1) // chunks))
+    ranges = [(lo, min(lo + step - 1, last)) for lo in range(first, last + 1, step)]
+    settings = (sql.ANALYSIS_SETTINGS_PG + sql.INSERT_SETTINGS_PG
+                + (sql.quarantine_work_mem(quarantined),))
+
+    def write(profile_ids: tuple[int, int]) -> list[sa.Row]:
+        with engine.begin() as conn:
+            _run(conn, settings)
+            return list(conn.execute(sql.insert_targets_counted(delivery, now, profile_ids)))
+
+    def write_holders() -> list[sa.Row]:
+        with engine.begin() as conn:
+            _run(conn, sql.ANALYSIS_SETTINGS_PG + sql.HOLDER_SETTINGS_PG)
+            conn.execute(sql.insert_holders(delivery))
+        return []
+
+    counts: Counts = {}
+    with ThreadPoolExecutor(ANALYSIS_CONNECTIONS + 1, thread_name_prefix="analysis") as pool:
+        holders = pool.submit(write_holders)
+        futures = [pool.submit(write, r) for r in ranges] + [holders]
+        try:
+            for future in futures:
+                for state, reason, n in future.result():
+                    counts[(state, reason)] = counts.get((state, reason), 0) + n
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return counts
+
+
+def _settle(conn: sa.Connection, delivery: dict[str, Any], now: datetime,
+            counts: Counts | None) -> None:
+    """Rules 8 to 10, which depend on the whole target; then the delivery is analysed.
+    `counts` (rows by state and reason), when kept, follows the rows these rules exclude."""
+    delivery_id = delivery["id"]
+    postgres = conn.dialect.name == "postgresql"
+
+    def exclude(rule: Exclusion, statement: sa.Update) -> None:
+        moved = conn.execute(statement).rowcount
+        if counts is not None:
+            counts[("pending", None)] = counts.get(("pending", None), 0) - moved
+            counts[("excluded", rule.value)] = counts.get(("excluded", rule.value), 0) + moved
+
+    if postgres:
+        _run(conn, sql.HOLDER_STATISTICS_PG + sql.HOLDER_SETTINGS_PG)
+    exclude(Exclusion.DUPLICATE, sql.exclude_duplicates(delivery_id, postgres))
+    conn.execute(sql.delete_holders(delivery_id))
+    if postgres:
+        _run(conn, sql.HOLDER_SETTINGS_RESET_PG)
+    rules = []
+    if delivery["fatigue_max"] and delivery["kind"] == "marketing":
+        since = now - timedelta(days=delivery["fatigue_days"])
+        rules.append((Exclusion.FATIGUE,
+                      sql.exclude_fatigue(delivery_id, since, delivery["fatigue_max"])))
+    if delivery["target_limit"]:
+        rules.append((Exclusion.TARGET_LIMIT,
+                      sql.exclude_over_limit(delivery_id, delivery["target_limit"])))
+    if rules and postgres:
+        _run(conn, sql.TARGET_STATISTICS_PG)
+    for rule, statement in rules:
+        exclude(rule, statement)
+    _mark_analyzed(conn, delivery_id, now)
 
 
 def _run(conn: sa.Connection, statements: tuple[str, ...]) -> None:
@@ -142,9 +287,16 @@ def _run(conn: sa.Connection, statements: tuple[str, ...]) -> None:
 
 def summary(conn: sa.Connection, delivery_id: int) -> dict[str, Any]:
     """The contract's analysis answer: audience, exclusion causes in rule order, to_send."""
+    counts = {(state, reason): n for state, reason, n in
+              conn.execute(sql.counts_by_state_and_reason(delivery_id))}
+    return _summary_of(delivery_id, counts)
+
+
+def _summary_of(delivery_id: int,
+                counts: dict[tuple[str, str | None], int]) -> dict[str, Any]:
     excluded = {e.value: 0 for e in reachability.EXCLUSION_ORDER}
     audience = to_send = 0
-    for state, reason, n in conn.execute(sql.counts_by_state_and_reason(delivery_id)):
+    for (state, reason), n in counts.items():
         audience += n
         if state == "excluded":
             excluded[reason] = excluded.get(reason, 0) + n

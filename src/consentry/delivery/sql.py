@@ -11,9 +11,11 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from consentry.domain.reachability import Exclusion
 from consentry.store.schema import (
+    analysis_holders,
     deliveries,
     delivery_targets,
     opt_outs,
@@ -27,6 +29,7 @@ from consentry.store.schema import (
 
 t = delivery_targets
 d = deliveries
+h = analysis_holders
 
 # A delivery's target rows are one range of ids: delivery_id * 2^32 + a number unique within
 # the delivery (_target_number). The analysis numbers its rows itself, so writing a million
@@ -71,23 +74,40 @@ def _address_columns(channel: str) -> tuple[Any, Any, Any, Any]:
 
 def exclusion_case(*, channel: str, transactional: bool, service_id: int | None, now: datetime,
                    address: Any, key: Any, valid: Any, profile_id: Any,
-                   ) -> tuple[sa.Case, list[tuple[Any, Any]]]:
-    """The first failing rule of domain.reachability.EXCLUSION_ORDER (rules 1 to 7), and the
-    LEFT JOINs it needs. Transactional deliveries skip opt-outs and subscriptions;
-    allowlisted addresses skip denylist and quarantine (they have neither status)."""
+                   profile_ids: tuple[int, int] | None = None,
+                   quarantine_as_set: bool = False) -> tuple[sa.Case, list[tuple[Any, Any]]]:
+    """The first failing rule of rules 1 to 7 of domain.reachability.EXCLUSION_ORDER, and the
+    LEFT JOINs it needs. Transactional deliveries skip opt-outs and subscriptions; allowlisted
+    addresses skip denylist and quarantine (they have neither status).
+
+    Rules 1 to 5 read the profile's own rows, rules 6 and 7 the quarantine table by address:
+    joined row by row (a few rows: the re-check of a batch), or with `quarantine_as_set` as
+    membership in the channel's denylisted and quarantined addresses, which PostgreSQL hashes
+    once for the whole statement (the analysis, whose other joins are then all keyed by
+    profile). Rules 8 to 10 depend on the whole target: the analysis applies them to the
+    target rows once they are written.
+
+    `profile_ids` (a range) is repeated on every joined table: PostgreSQL carries equalities
+    across a join but not ranges, and a merge join of one chunk of profiles would otherwise
+    read the opt-outs and subscriptions of every chunk before it."""
     all_out = opt_outs.alias("all_out")
     channel_out = opt_outs.alias("channel_out")
     sub = subscriptions.alias("sub")
     q = quarantine.alias("q")
     joins: list[tuple[Any, Any]] = []
-    whens: list[tuple[Any, str]] = [
+
+    def of_profile(column: Any) -> sa.ColumnElement[bool]:
+        same = column == profile_id
+        return same if profile_ids is None else sa.and_(same, column.between(*profile_ids))
+
+    whens: list[tuple[Any, Any]] = [
         (address.is_(None), Exclusion.ADDRESS_MISSING.value),
         (sa.not_(valid), Exclusion.ADDRESS_INVALID.value),
     ]
     if not transactional:
         joins += [
-            (all_out, sa.and_(all_out.c.profile_id == profile_id, all_out.c.scope == "all")),
-            (channel_out, sa.and_(channel_out.c.profile_id == profile_id,
+            (all_out, sa.and_(of_profile(all_out.c.profile_id), all_out.c.scope == "all")),
+            (channel_out, sa.and_(of_profile(channel_out.c.profile_id),
                                   channel_out.c.scope == channel)),
         ]
         whens += [(all_out.c.profile_id.is_not(None), Exclusion.OPTED_OUT.value),
@@ -95,13 +115,19 @@ def exclusion_case(*, channel: str, transactional: bool, service_id: int | None,
         if service_id is not None:
             # Active = subscribed and not past its validity (even before the expiry task ran).
             joins.append((sub, sa.and_(
-                sub.c.profile_id == profile_id, sub.c.service_id == service_id,
+                of_profile(sub.c.profile_id), sub.c.service_id == service_id,
                 sub.c.state == "subscribed",
                 sa.or_(sub.c.expires_at.is_(None), sub.c.expires_at > now))))
             whens.append((sub.c.id.is_(None), Exclusion.NOT_SUBSCRIBED.value))
-    joins.append((q, sa.and_(q.c.channel == channel, q.c.address_key == key)))
-    whens += [(q.c.status == "denylisted", Exclusion.DENYLISTED.value),
-              (q.c.status == "quarantined", Exclusion.QUARANTINED.value)]
+    if quarantine_as_set:
+        for status in (Exclusion.DENYLISTED, Exclusion.QUARANTINED):
+            held = sa.select(quarantine.c.address_key).where(quarantine.c.channel == channel,
+                                                             quarantine.c.status == status.value)
+            whens.append((key.in_(held), status.value))
+    else:
+        joins.append((q, sa.and_(q.c.channel == channel, q.c.address_key == key)))
+        whens += [(q.c.status == "denylisted", Exclusion.DENYLISTED.value),
+                  (q.c.status == "quarantined", Exclusion.QUARANTINED.value)]
     return sa.case(*whens, else_=None), joins
 
 
@@ -121,16 +147,29 @@ def _target_number(channel: str) -> Any:
     return profiles.c.id
 
 
-def audience_select(delivery: dict[str, Any], now: datetime) -> sa.Select:
+def _holder_number(channel: str) -> Any:
+    """The target number of whoever holds an address: the profile, or for push the token."""
+    return push_tokens.c.id * 2 if channel == "push" else profiles.c.id
+
+
+def _key_column(channel: str) -> Any:
+    if channel == "email":
+        return profiles.c.email_key
+    return profiles.c.phone if channel == "sms" else push_tokens.c.token
+
+
+def audience_select(delivery: dict[str, Any], now: datetime, *,
+                    profile_ids: tuple[int, int] | None = None) -> sa.Select:
     """(profile_id, address, address_key, reason, number) for everyone in the delivery's
-    audience."""
+    audience, or those of its profiles whose ids lie in the range `profile_ids`."""
     channel = delivery["channel"]
     base, address, key, valid = _address_columns(channel)
     reason, joins = exclusion_case(
         channel=channel, transactional=delivery["kind"] == "transactional",
         service_id=delivery["service_id"], now=now, address=address, key=key, valid=valid,
-        profile_id=profiles.c.id)
-    stmt = sa.select(profiles.c.id, address, key, reason,
+        profile_id=profiles.c.id, profile_ids=profile_ids, quarantine_as_set=True)
+    stmt = sa.select(profiles.c.id.label("profile_id"), address.label("address"),
+                     key.label("address_key"), reason.label("reason"),
                      _target_number(channel).label("number")).select_from(
         _with_joins(base, joins))
     if delivery["audience"] == "service":
@@ -139,6 +178,8 @@ def audience_select(delivery: dict[str, Any], now: datetime) -> sa.Select:
         stmt = stmt.where(profiles.c.id.in_(members))
     for field, value in delivery["audience_filter"] or []:
         stmt = stmt.where(_filter_column(field) == value)
+    if profile_ids is not None:
+        stmt = stmt.where(profiles.c.id.between(*profile_ids))
     return stmt
 
 
@@ -151,86 +192,152 @@ def _filter_column(field: str) -> Any:
     return profiles.c[field]
 
 
-def insert_targets(delivery: dict[str, Any], now: datetime) -> sa.Insert:
-    """The analysis: the whole audience becomes target rows in one INSERT ... SELECT, each
-    with the first failing rule's reason or pending."""
-    audience = audience_select(delivery, now).subquery("audience")
-    cols = list(audience.c)
-    reason = cols[3]
+# --- analysis ---------------------------------------------------------------------------------
+#
+# 1. The target rows: the audience in one INSERT ... SELECT, each row with the first failing
+#    rule of 1 to 7. On PostgreSQL it runs in chunks of the profile id range, on parallel
+#    connections. Meanwhile the holders of shared addresses are written down.
+# 2. Rule 8: of the holders whose rows are still pending, all but the oldest profile's become
+#    duplicates. Then rules 9 and 10, fatigue and the size limit.
+
+PROFILE_ID_RANGE = sa.select(sa.func.min(profiles.c.id), sa.func.max(profiles.c.id))
+
+
+def delete_holders(delivery_id: int) -> sa.Delete:
+    return h.delete().where(h.c.delivery_id == delivery_id)
+
+
+def shared_keys(channel: str) -> sa.Select:
+    """Matching keys held more than once, read off the address index alone (an index-only
+    scan in key order)."""
+    column = _key_column(channel)
+    return (sa.select(column).where(column.is_not(None)).group_by(column)
+            .having(sa.func.count() > 1))
+
+
+def insert_holders(delivery: dict[str, Any]) -> sa.Insert:
+    """Everyone holding an address another profile holds too (the audience's among them are
+    ranked later), with what the ranking needs: the address and the profile's age."""
+    channel = delivery["channel"]
+    key = _key_column(channel)
+    select = sa.select(sa.literal(delivery["id"], sa.BigInteger), _holder_number(channel), key,
+                       profiles.c.id, profiles.c.created_at).where(key.in_(shared_keys(channel)))
+    if channel == "push":
+        select = select.join_from(push_tokens, profiles, profiles.c.id == push_tokens.c.profile_id)
+    return h.insert().from_select(
+        ["delivery_id", "number", "address_key", "profile_id", "created_at"], select)
+
+
+def exclude_duplicates(delivery_id: int, postgres: bool) -> sa.Update:
+    """Rule 8: of the holders of a shared address whose rows are pending, the oldest profile
+    keeps the address and the others are duplicates. The holders lead to their rows by primary
+    key (delivery's base + number).
+
+    On PostgreSQL the rows to exclude are gathered into one array first (`id = ANY(...)`, a
+    primary-key probe per element): as a join, a planner that has not sampled the new rows
+    yet takes the delivery's range for one row and reruns the ranking for each of them."""
+    first, _ = id_range(delivery_id)
+    # In number order (OFFSET 0 keeps the order for the probes that follow), so that the
+    # holders' rows are looked up in the order they lie in the table and index.
+    holders = (sa.select(h).where(h.c.delivery_id == delivery_id).order_by(h.c.number)
+               .offset(0).subquery("holders"))
+    row_id = sa.literal(first, sa.BigInteger) + holders.c.number
+    pending = sa.exists().where(t.c.id == row_id, t.c.state == "pending")
+    ranked = (sa.select(row_id.label("id"), sa.func.row_number().over(
+        partition_by=holders.c.address_key,
+        order_by=(holders.c.created_at, holders.c.profile_id)).label("rank"))
+        .where(pending)
+        .subquery("ranked"))
+    if postgres:
+        later = sa.select(sa.func.array_agg(ranked.c.id)).where(ranked.c.rank > 1)
+        # The cast makes ANY's operand an array, not a subquery to compare row by row.
+        chosen = t.c.id == sa.any_(sa.cast(later.scalar_subquery(), ARRAY(sa.BigInteger)))
+    else:
+        chosen = t.c.id.in_(sa.select(ranked.c.id).where(ranked.c.rank > 1))
+    return (t.update().where(of_delivery(delivery_id), t.c.state == "pending", chosen)
+            .values(state="excluded", reason=Exclusion.DUPLICATE.value))
+
+
+def insert_targets(delivery: dict[str, Any], now: datetime,
+                   profile_ids: tuple[int, int] | None = None) -> sa.Insert:
+    """The audience (or the part of it whose profile ids lie in `profile_ids`) becomes target
+    rows in one INSERT ... SELECT, each with the first failing rule's reason or pending."""
+    # OFFSET 0 keeps the audience a subquery of its own: flattened into the insert, its
+    # reason would be worked out twice a row, once for the reason and once for the state.
+    audience = audience_select(delivery, now,
+                               profile_ids=profile_ids).offset(0).subquery("audience")
     first, _ = id_range(delivery["id"])
     select = sa.select(
-        (sa.literal(first, sa.BigInteger) + cols[4]).label("id"),
-        sa.literal(delivery["id"]).label("delivery_id"), cols[0], cols[1], cols[2],
-        sa.case((reason.is_(None), "pending"), else_="excluded"), reason)
+        (sa.literal(first, sa.BigInteger) + audience.c.number).label("id"),
+        sa.literal(delivery["id"]).label("delivery_id"), audience.c.profile_id,
+        audience.c.address, audience.c.address_key,
+        sa.case((audience.c.reason.is_(None), "pending"), else_="excluded"), audience.c.reason)
     return t.insert().from_select(
         ["id", "delivery_id", "profile_id", "address", "address_key", "state", "reason"],
         select)
 
 
-# PostgreSQL settings for the analysis transaction. The audience's hash joins fit in memory
-# instead of spilling in batches to disk (4 MB is the server default).
-ANALYSIS_SETTINGS_PG = ("SET LOCAL work_mem = '64MB'",)
+def insert_targets_counted(delivery: dict[str, Any], now: datetime,
+                           profile_ids: tuple[int, int]) -> sa.Select:
+    """The same insert on PostgreSQL, answering (state, reason, count) for the rows it wrote,
+    so that the summary needs no second pass over them."""
+    written = insert_targets(delivery, now, profile_ids).returning(t.c.state, t.c.reason).cte(
+        "written")
+    return (sa.select(written.c.state, written.c.reason, sa.func.count())
+            .group_by(written.c.state, written.c.reason))
 
-# After the insert, before the rules that read the new rows back: PostgreSQL's planner knows
-# nothing of rows it has not analysed (on a new table it guesses a few hundred) and picks
-# nested loops that compare every new row with every candidate (200 s instead of 1 s for the
-# duplicate rule on a million targets). Sampling the table costs about 0.2 s at any size.
-REFRESH_STATISTICS_PG = ("ANALYZE delivery_targets",)
+
+# PostgreSQL settings for the analysis, SET LOCAL in its transactions.
+# - No JIT: compiling the expressions of a statement this size costs more than it saves.
+# - work_mem: sorts and hashes stay in memory (4 MB is the server default). The insert's hash
+#   of quarantined addresses must fit, or PostgreSQL would rescan the list for every profile:
+#   quarantine_work_mem sizes it from the table's size.
+# - Without hash joins, the insert merges each chunk of profiles with its opt-outs and
+#   subscriptions through their primary keys, a sequential walk in profile id order, where
+#   probing a hash of every subscription misses the CPU cache for each profile and, past
+#   work_mem, spills to disk (measured: 0.45 s instead of 0.8 s to read a million profiles,
+#   and a third less for the whole insert).
+# - A chunk needs no flush of its own at commit: the last step's commit flushes the log up to
+#   itself, every chunk included, before the delivery counts as analysed.
+# - The holders are few, found and ranked through indexes: nested loops over those few, where
+#   the planner, which cannot tell how many keys are shared, would hash every profile (0.3 s
+#   a statement for a million). Without hash aggregation, the shared addresses are grouped in
+#   the order of the address index, read index-only (0.28 s instead of 0.8 s for a million).
+ANALYSIS_SETTINGS_PG = ("SET LOCAL jit = off", "SET LOCAL work_mem = '64MB'")
+INSERT_SETTINGS_PG = ("SET LOCAL enable_hashjoin = off", "SET LOCAL synchronous_commit = off")
+HOLDER_SETTINGS_PG = ("SET LOCAL enable_hashagg = off", "SET LOCAL enable_hashjoin = off",
+                      "SET LOCAL enable_mergejoin = off", "SET LOCAL synchronous_commit = off")
+
+# The planner's row count for the quarantine table, to size work_mem for its hash.
+QUARANTINE_ROWS_PG = sa.text(
+    "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'quarantine'::regclass")
+
+
+def quarantine_work_mem(rows: int) -> str:
+    """SET LOCAL work_mem so that a hash of `rows` quarantined addresses fits with room to
+    spare (about 100 bytes an entry; 256 allowed): only what the hash uses is allocated."""
+    megabytes = max(64, -(-rows * 256 // 2**20))
+    return f"SET LOCAL work_mem = '{megabytes}MB'"
+
+
+HOLDER_SETTINGS_RESET_PG = tuple(
+    f"SET LOCAL {setting.split()[2]} TO DEFAULT" for setting in HOLDER_SETTINGS_PG)
+
+# The planner knows nothing of rows it has not sampled: before the duplicate rule reads the
+# holders (it would plan for a table it believes empty), and before fatigue and the size limit
+# read the new target rows back (the duplicate rule reaches them by primary key only, and
+# needs no sample of them).
+HOLDER_STATISTICS_PG = ("ANALYZE analysis_holders",)
+TARGET_STATISTICS_PG = ("ANALYZE delivery_targets",)
+
+# One analysis of a delivery at a time across processes; a session lock, so a crashed
+# analysis does not hold it. (SQLite has one writer: its analysis is a single transaction.)
+TRY_ANALYSIS_LOCK_PG = sa.text("SELECT pg_try_advisory_lock(7305, :delivery_id)")
+ANALYSIS_UNLOCK_PG = sa.text("SELECT pg_advisory_unlock(7305, :delivery_id)")
+
 
 def delete_targets(delivery_id: int) -> sa.Delete:
     return t.delete().where(of_delivery(delivery_id))
-
-
-def shared_keys(channel: str) -> sa.Select:
-    """Matching keys held more than once, read off the address index alone (cheap next to
-    ranking every target row)."""
-    if channel == "email":
-        column = profiles.c.email_key
-    elif channel == "sms":
-        column = profiles.c.phone
-    else:
-        column = push_tokens.c.token
-    return (sa.select(column).where(column.is_not(None)).group_by(column)
-            .having(sa.func.count() > 1))
-
-
-def exclude_duplicates(delivery_id: int, channel: str) -> sa.Update:
-    """Rule 8: of the pending rows sharing an address, keep the oldest profile's. Only rows
-    whose key is held more than once are ranked. For email and SMS a target's id is its
-    delivery's base plus its profile's id, so the holders of shared keys (read off the address
-    index) lead straight to their rows by primary key."""
-    if channel == "push":
-        ranked = (
-            sa.select(t.c.id, sa.func.row_number().over(
-                partition_by=t.c.address_key, order_by=(profiles.c.created_at, profiles.c.id),
-            ).label("rank"))
-            .join(profiles, profiles.c.id == t.c.profile_id)
-            .where(of_delivery(delivery_id), t.c.state == "pending",
-                   t.c.address_key.in_(shared_keys(channel)))
-            .subquery("ranked")
-        )
-    else:
-        key = profiles.c.email_key if channel == "email" else profiles.c.phone
-        first, _ = id_range(delivery_id)
-        # The state of each holder's row, fetched by primary key as a correlated subquery:
-        # a per-row index lookup on both databases, where a join would let PostgreSQL's
-        # planner, which knows nothing yet of the rows just written, scan them all.
-        state = (sa.select(t.c.state).where(t.c.id == sa.literal(first, sa.BigInteger)
-                                            + profiles.c.id).scalar_subquery())
-        holders = (sa.select(profiles.c.id, key.label("key"), profiles.c.created_at,
-                             state.label("state"))
-                   .where(key.in_(shared_keys(channel))).subquery("holders"))
-        ranked = (
-            sa.select((sa.literal(first, sa.BigInteger) + holders.c.id).label("id"),
-                      sa.func.row_number().over(
-                          partition_by=holders.c.key,
-                          order_by=(holders.c.created_at, holders.c.id)).label("rank"))
-            .where(holders.c.state == "pending")
-            .subquery("ranked")
-        )
-    later = sa.select(ranked.c.id).where(ranked.c.rank > 1)
-    return (t.update().where(of_delivery(delivery_id), t.c.id.in_(later))
-            .values(state="excluded", reason=Exclusion.DUPLICATE.value))
 
 
 def exclude_fatigue(delivery_id: int, since: datetime, maximum: int) -> sa.Update:

@@ -225,6 +225,19 @@ delivery_targets = sa.Table(
              postgresql_where=sa.text("sent_at IS NOT NULL")),
 )
 
+# The holders of shared addresses in one analysis's audience, for the duplicate rule: written
+# while the analysis writes its target rows, ranked once they are all written, deleted when it
+# ends. On PostgreSQL the table is UNLOGGED (migration 0007): nothing in it outlives the
+# analysis that wrote it. `number` is the holder's target number (see delivery.sql).
+analysis_holders = sa.Table(
+    "analysis_holders", metadata,
+    sa.Column("delivery_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("number", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("address_key", sa.String(1024), nullable=False),
+    sa.Column("profile_id", sa.BigInteger, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
 # Sending processes and their heartbeats: a claim held by a worker that stopped beating is
 # one whose outcome nobody knows.
 workers = sa.Table(

@@ -636,14 +636,15 @@ def analyze_delivery(request: Request, delivery_id: DeliveryId, principal: Write
     def run() -> tuple[int, Any]:
         with st.engine.begin() as conn:
             current = _state_of(conn, delivery_id)
-            if current not in ("draft", "analyzed"):
-                raise _conflict(delivery_id, current, "sending has started")
-            try:
-                result = deliveries.analyze(conn, st.settings, delivery_id)
-            except ContentError as exc:
-                raise Problem(400, "Bad request", str(exc), _create_field(exc)) from None
-            except ConsentryError as exc:
-                raise from_domain(exc) from None
+        if current not in ("draft", "analyzed"):
+            raise _conflict(delivery_id, current, "sending has started")
+        try:
+            result = deliveries.analyze(st.engine, st.settings, delivery_id)
+        except ContentError as exc:
+            raise Problem(400, "Bad request", str(exc), _create_field(exc)) from None
+        except ConsentryError as exc:
+            raise from_domain(exc) from None
+        with st.engine.begin() as conn:
             audit(conn, principal.actor, "delivery.analyze", f"delivery:{delivery_id}",
                   {"audience": result["audience"], "to_send": result["to_send"]},
                   client_ip(request))

@@ -200,8 +200,7 @@ def delivery_page(request: Request, principal: Reader, delivery_id: int,
 @router.post("/console/deliveries/{delivery_id}/analyze")
 def analyze(request: Request, principal: Writer, delivery_id: int) -> Response:
     st = state(request)
-    with st.engine.begin() as conn:
-        deliveries.analyze(conn, st.settings, delivery_id)
+    deliveries.analyze(st.engine, st.settings, delivery_id)
     return RedirectResponse(f"/console/deliveries/{delivery_id}", status_code=303)
 
 

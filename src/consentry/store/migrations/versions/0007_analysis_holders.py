@@ -1,0 +1,38 @@
+"""analysis holders: the holders of shared addresses an analysis ranks for the duplicate rule
+(UNLOGGED on PostgreSQL: nothing in it outlives the analysis)
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-11-29
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+import consentry.store.types
+
+revision: str = '0007'
+down_revision: str | None = '0006'
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        'analysis_holders',
+        sa.Column('delivery_id', sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column('number', sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column('address_key', sa.String(length=1024), nullable=False),
+        sa.Column('profile_id', sa.BigInteger(), nullable=False),
+        sa.Column('created_at', consentry.store.types.UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint('delivery_id', 'number', name=op.f('pk_analysis_holders')),
+    )
+    if op.get_bind().dialect.name == 'postgresql':
+        # Written and emptied by each analysis: no WAL for it, and a crash only empties it.
+        op.execute('ALTER TABLE analysis_holders SET UNLOGGED')
+
+
+def downgrade() -> None:
+    op.drop_table('analysis_holders')
