@@ -289,9 +289,9 @@ def insert_targets_counted(delivery: dict[str, Any], now: datetime,
 
 # PostgreSQL settings for the analysis, SET LOCAL in its transactions.
 # - No JIT: compiling the expressions of a statement this size costs more than it saves.
-# - work_mem: sorts and hashes stay in memory (4 MB is the server default). The insert's hash
-#   of quarantined addresses must fit, or PostgreSQL would rescan the list for every profile:
-#   quarantine_work_mem sizes it from the table's size.
+# - work_mem: sorts and hashes stay in memory (4 MB is the server default). A chunk's hash of
+#   quarantined addresses must fit, or PostgreSQL would rescan the list for every profile:
+#   chunk_work_mem sizes it from the table's size, and the chunk's rows.
 # - Without hash joins, the insert merges each chunk of profiles with its opt-outs and
 #   subscriptions through their primary keys, a sequential walk in profile id order, where
 #   probing a hash of every subscription misses the CPU cache for each profile and, past
@@ -308,15 +308,16 @@ INSERT_SETTINGS_PG = ("SET LOCAL enable_hashjoin = off", "SET LOCAL synchronous_
 HOLDER_SETTINGS_PG = ("SET LOCAL enable_hashagg = off", "SET LOCAL enable_hashjoin = off",
                       "SET LOCAL enable_mergejoin = off", "SET LOCAL synchronous_commit = off")
 
-# The planner's row count for the quarantine table, to size work_mem for its hash.
+# The planner's row count for the quarantine table, to size a chunk's work_mem for its hash.
 QUARANTINE_ROWS_PG = sa.text(
     "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'quarantine'::regclass")
 
 
-def quarantine_work_mem(rows: int) -> str:
-    """SET LOCAL work_mem so that a hash of `rows` quarantined addresses fits with room to
-    spare (about 100 bytes an entry; 256 allowed): only what the hash uses is allocated."""
-    megabytes = max(64, -(-rows * 256 // 2**20))
+def chunk_work_mem(quarantined: int, profiles: int) -> str:
+    """SET LOCAL work_mem for a chunk: its hash of `quarantined` addresses (about 100 bytes an
+    entry; 256 allowed) and the (state, reason) of the rows it writes, counted after the insert
+    (about 40 bytes a row; 64 allowed), stay in memory. Only what is used is allocated."""
+    megabytes = max(64, -(-max(quarantined * 256, profiles * 64) // 2**20))
     return f"SET LOCAL work_mem = '{megabytes}MB'"
 
 
