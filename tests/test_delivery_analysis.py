@@ -384,3 +384,30 @@ def test_one_analysis_of_a_delivery_at_a_time(pg_engine, pg_url):
             deliveries.analyze(pg_engine, settings, did)
         other.execute(deliveries.sql.ANALYSIS_UNLOCK_PG, {"delivery_id": did})
     assert deliveries.analyze(pg_engine, settings, did)["audience"] == 5
+
+
+def test_quarantine_is_one_hash_for_the_whole_chunk(pg_engine, pg_url):
+    """The chunk's plan looks the quarantine up in a hash built once: a plain subplan would
+    scan the quarantined addresses again for every profile."""
+    settings = Settings(database_url=pg_url)
+    _crowd(pg_engine, settings, 40)
+    did = _new(pg_engine, settings, "plan")
+    with pg_engine.connect() as conn:
+        delivery = deliveries.get(conn, did)
+        quarantined = conn.execute(deliveries.sql.QUARANTINE_ROWS_PG).scalar_one()
+        for statement in (deliveries.sql.ANALYSIS_SETTINGS_PG
+                          + deliveries.sql.INSERT_SETTINGS_PG
+                          + (deliveries.sql.chunk_work_mem(quarantined, 10**7),)):
+            conn.exec_driver_sql(statement)
+        chunk = deliveries.sql.insert_targets_counted(delivery, T0, (1, 10**7))
+        text = str(chunk.compile(conn, compile_kwargs={"literal_binds": True}))
+        plan = "\n".join(conn.exec_driver_sql(
+            "EXPLAIN (VERBOSE) " + text.replace("%%", "%").replace("%", "%%")).scalars())
+        conn.rollback()
+    assert plan.count("hashed SubPlan") == 2, plan  # denylisted, quarantined
+
+
+def test_chunk_work_mem_fits_the_quarantine_and_the_chunk():
+    assert deliveries.sql.chunk_work_mem(1000, 1000) == "SET LOCAL work_mem = '64MB'"
+    assert deliveries.sql.chunk_work_mem(2_000_000, 1000) == "SET LOCAL work_mem = '489MB'"
+    assert deliveries.sql.chunk_work_mem(10, 5_000_000) == "SET LOCAL work_mem = '306MB'"

@@ -146,6 +146,10 @@ def _analyze_in(conn: sa.Connection, settings: Settings, delivery_id: int,
                 now: datetime) -> dict[str, Any]:
     delivery = _prepare(conn, settings, delivery_id, now)
     if delivery["audience"] != "proof":
+        if conn.dialect.name == "postgresql":  # the quarantine hash must fit (see sql.py)
+            first, last = conn.execute(sql.PROFILE_ID_RANGE).one()
+            quarantined = conn.execute(sql.QUARANTINE_ROWS_PG).scalar_one()
+            _run(conn, (sql.chunk_work_mem(quarantined, (last or 0) - (first or 0) + 1),))
         conn.execute(sql.insert_targets(delivery, now))
         conn.execute(sql.insert_holders(delivery))
         _settle(conn, delivery, now, None)
