@@ -315,8 +315,9 @@ QUARANTINE_ROWS_PG = sa.text(
 
 def chunk_work_mem(quarantined: int, profiles: int) -> str:
     """SET LOCAL work_mem for a chunk: its hash of `quarantined` addresses (about 100 bytes an
-    entry; 256 allowed) and the (state, reason) of the rows it writes, counted after the insert
-    (about 40 bytes a row; 64 allowed), stay in memory. Only what is used is allocated."""
+    entry; 256 allowed) and the (state, reason) of the rows it writes for `profiles` profiles,
+    counted after the insert (about 40 bytes a row; 64 allowed), stay in memory. Only what is
+    used is allocated."""
     megabytes = max(64, -(-max(quarantined * 256, profiles * 64) // 2**20))
     return f"SET LOCAL work_mem = '{megabytes}MB'"
 
@@ -333,6 +334,7 @@ TARGET_STATISTICS_PG = ("ANALYZE delivery_targets",)
 
 # One analysis of a delivery at a time across processes; a session lock, so a crashed
 # analysis does not hold it. (SQLite has one writer: its analysis is a single transaction.)
+# 7305 is the lock's class, keeping the delivery ids apart from any other advisory lock.
 TRY_ANALYSIS_LOCK_PG = sa.text("SELECT pg_try_advisory_lock(7305, :delivery_id)")
 ANALYSIS_UNLOCK_PG = sa.text("SELECT pg_advisory_unlock(7305, :delivery_id)")
 
