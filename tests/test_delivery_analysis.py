@@ -332,6 +332,15 @@ def test_chunked_analysis_gives_the_target_of_a_single_transaction(engine, setti
     reasons = _reasons(engine, chunked)
     assert reasons[ids[100]] == ("excluded", "duplicate")  # shares p0's address, younger
     assert verdicts_left == 0
+    # Rows the rules exclude keep no address of their own; the log shows the profile's.
+    with engine.connect() as conn:
+        stored = dict(conn.execute(sa.select(delivery_targets.c.profile_id,
+                                             delivery_targets.c.address)
+                                   .where(delivery_targets.c.delivery_id == chunked)).all())
+        log = deliveries.exclusion_log(conn, chunked, reason="opted_out", limit=10_000)
+    assert stored[ids[3]] is None and stored[ids[1]] == "p1@example.com"
+    assert {r["profile_id"]: r["address"] for r in log}[ids[3]] == "p3@example.com"
+    assert len(log) == result["excluded"]["opted_out"]
 
 
 def test_reanalysis_replaces_the_target(engine, settings):

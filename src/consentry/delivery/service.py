@@ -347,9 +347,9 @@ def _iso(value: datetime | None) -> str | None:
 
 def exclusion_log(conn: sa.Connection, delivery_id: int, *, reason: str | None = None,
                   after_id: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
-    get(conn, delivery_id)
+    channel = get(conn, delivery_id)["channel"]
     return [dict(r) for r in conn.execute(sql.exclusion_log(
-        delivery_id, reason=reason, after_id=after_id, limit=limit)).mappings()]
+        delivery_id, channel, reason=reason, after_id=after_id, limit=limit)).mappings()]
 
 
 def explain(conn: sa.Connection, settings: Settings, profile_id: int, delivery_id: int,

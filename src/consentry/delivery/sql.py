@@ -72,6 +72,10 @@ def _address_columns(channel: str) -> tuple[Any, Any, Any, Any]:
         push_tokens.c.token) >= 8
 
 
+# Channels whose address is a column of the profile row (push tokens have rows of their own).
+ADDRESSES_ON_PROFILE = {"email": profiles.c.email, "sms": profiles.c.phone}
+
+
 def exclusion_case(*, channel: str, transactional: bool, service_id: int | None, now: datetime,
                    address: Any, key: Any, valid: Any, profile_id: Any,
                    profile_ids: tuple[int, int] | None = None,
@@ -267,11 +271,16 @@ def insert_targets(delivery: dict[str, Any], now: datetime,
     audience = audience_select(delivery, now,
                                profile_ids=profile_ids).offset(0).subquery("audience")
     first, _ = id_range(delivery["id"])
+    pending = audience.c.reason.is_(None)
+    address, key = audience.c.address, audience.c.address_key
+    if delivery["channel"] in ADDRESSES_ON_PROFILE:
+        # An excluded row is never sent: its address stays on the profile (exclusion_log
+        # reads it there), and the row is smaller to write.
+        address, key = sa.case((pending, address)), sa.case((pending, key))
     select = sa.select(
         (sa.literal(first, sa.BigInteger) + audience.c.number).label("id"),
-        sa.literal(delivery["id"]).label("delivery_id"), audience.c.profile_id,
-        audience.c.address, audience.c.address_key,
-        sa.case((audience.c.reason.is_(None), "pending"), else_="excluded"), audience.c.reason)
+        sa.literal(delivery["id"]).label("delivery_id"), audience.c.profile_id, address, key,
+        sa.case((pending, "pending"), else_="excluded"), audience.c.reason)
     return t.insert().from_select(
         ["id", "delivery_id", "profile_id", "address", "address_key", "state", "reason"],
         select)
@@ -372,10 +381,15 @@ def counts_by_state_and_reason(delivery_id: int) -> sa.Select:
             .where(of_delivery(delivery_id)).group_by(t.c.state, t.c.reason))
 
 
-def exclusion_log(delivery_id: int, *, reason: str | None = None,
+def exclusion_log(delivery_id: int, channel: str, *, reason: str | None = None,
                   after_id: int = 0, limit: int = 1000) -> sa.Select:
-    """One row per excluded recipient, by id for keyset pagination."""
-    stmt = (sa.select(t.c.id, t.c.profile_id, t.c.address, t.c.state, t.c.reason)
+    """One row per excluded recipient, by id for keyset pagination. Rows excluded by the
+    analysis keep no address of their own (see insert_targets): the profile's is shown."""
+    address: Any = t.c.address
+    if channel in ADDRESSES_ON_PROFILE:
+        address = sa.func.coalesce(t.c.address, sa.select(ADDRESSES_ON_PROFILE[channel]).where(
+            profiles.c.id == t.c.profile_id).scalar_subquery())
+    stmt = (sa.select(t.c.id, t.c.profile_id, address.label("address"), t.c.state, t.c.reason)
             .where(of_delivery(delivery_id),
                    t.c.state.in_(("excluded", "excluded_at_send")), t.c.id > after_id)
             .order_by(t.c.id).limit(limit))
