@@ -80,8 +80,9 @@ def generate(engine: sa.Engine, n: int) -> float:
             conn.execute(sa.text(sql.format(seq=_seq(engine.dialect.name, n))), {"now": now})
         if engine.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT setval('profiles_id_seq', :n)"), {"n": n})
-    # Statistics and a checkpoint, as a database loaded some time before the analysis would
-    # have: otherwise the server is still writing the generated data out while it is timed.
+    # Statistics, and on PostgreSQL a checkpoint, as a database loaded some time before the
+    # analysis would have: otherwise the server is still writing the generated data out while
+    # the analysis is timed.
     if engine.dialect.name == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(sa.text("VACUUM ANALYZE"))
@@ -89,7 +90,6 @@ def generate(engine: sa.Engine, n: int) -> float:
     else:
         with engine.begin() as conn:
             conn.execute(sa.text("ANALYZE"))
-            conn.execute(sa.text("PRAGMA wal_checkpoint(TRUNCATE)"))
     return time.perf_counter() - started
 
 
