@@ -18,7 +18,7 @@ from consentry.domain.ledger import Origin
 from consentry.profiles import service as profiles
 from consentry.quarantine import service as quarantine
 from consentry.settings import Settings
-from consentry.store.schema import analysis_holders, delivery_targets, ledger_events
+from consentry.store.schema import analysis_duplicates, delivery_targets, ledger_events
 from consentry.store.schema import profiles as profiles_table
 from helpers import cli
 
@@ -320,13 +320,18 @@ def test_chunked_analysis_gives_the_target_of_a_single_transaction(engine, setti
     across the whole target, and the summary counted from the chunks matches the rows."""
     monkeypatch.setattr(deliveries, "CHUNKS_PER_CONNECTION", 12)
     ids = _crowd(engine, settings, 400)
+    if engine.dialect.name == "postgresql":  # a histogram, so the duplicates split by address
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("ANALYZE profiles")
+            bounds = conn.execute(deliveries.sql.key_histogram_pg("email")).scalar()
+        assert len(deliveries.sql.key_ranges(bounds, 2)) == 2
     chunked, single = _new(engine, settings, "chunked"), _new(engine, settings, "single")
     result = deliveries.analyze(engine, settings, chunked)
     with engine.begin() as conn:
         assert deliveries.analyze(conn, settings, single) == {**result, "delivery": single}
         assert deliveries.summary(conn, chunked) == result
         verdicts_left = conn.execute(sa.select(sa.func.count()).select_from(
-            analysis_holders)).scalar()
+            analysis_duplicates)).scalar()
     assert _reasons(engine, chunked) == _reasons(engine, single)
     assert result["excluded"]["duplicate"] > 0 and result["excluded"]["opted_out"] > 0
     reasons = _reasons(engine, chunked)
@@ -377,7 +382,7 @@ def test_failed_chunk_leaves_a_draft_and_no_rows(pg_engine, pg_url, monkeypatch)
     with pg_engine.connect() as conn:
         assert deliveries.get(conn, did)["state"] == "draft"
         assert deliveries.summary(conn, did)["audience"] == 0
-        assert conn.execute(sa.select(sa.func.count()).select_from(analysis_holders)
+        assert conn.execute(sa.select(sa.func.count()).select_from(analysis_duplicates)
                             ).scalar() == 0
     monkeypatch.setattr(deliveries.sql, "insert_targets_counted", real)
     assert deliveries.analyze(pg_engine, settings, did)["audience"] == 60
@@ -420,3 +425,12 @@ def test_chunk_work_mem_fits_the_quarantine_and_the_chunk():
     assert deliveries.sql.chunk_work_mem(1000, 1000) == "SET LOCAL work_mem = '64MB'"
     assert deliveries.sql.chunk_work_mem(2_000_000, 1000) == "SET LOCAL work_mem = '489MB'"
     assert deliveries.sql.chunk_work_mem(10, 5_000_000) == "SET LOCAL work_mem = '306MB'"
+
+
+def test_key_ranges_split_at_the_histogram_and_cover_every_key():
+    assert deliveries.sql.key_ranges(None, 4) == [(None, None)]
+    assert deliveries.sql.key_ranges(["a", "b", "c", "d"], 1) == [(None, None)]
+    assert deliveries.sql.key_ranges(["a", "b", "c", "d"], 2) == [(None, "c"), ("c", None)]
+    assert deliveries.sql.key_ranges(["a", "b", "c", "d"], 4) == [
+        (None, "b"), ("b", "c"), ("c", "d"), ("d", None)]
+    assert deliveries.sql.key_ranges(["a", "a", "a"], 3) == [(None, "a"), ("a", None)]

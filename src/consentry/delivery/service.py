@@ -106,11 +106,13 @@ def analyze(bind: sa.Engine | sa.Connection, settings: Settings, delivery_id: in
     """Turn the audience into target rows, each excluded one with the first failing rule.
 
     Given a connection, all of it happens in that connection's transaction. Given the engine,
-    SQLite does the same in a transaction of its own, and PostgreSQL writes the target rows in
-    chunks of the profile id range on parallel connections, each chunk its own transaction: the
-    delivery stays a draft until the last step marks it analysed, so nothing sends from a
+    SQLite does the same in a transaction of its own, and PostgreSQL works out the duplicates
+    and then writes the target rows on parallel connections, each part its own transaction:
+    the delivery stays a draft until the last step marks it analysed, so nothing sends from a
     partial target, and a failed analysis removes what it wrote and leaves a draft to analyse
-    again."""
+    again. (The duplicates are then read a moment before the rows: should the older holder of
+    a shared address opt out in between, the younger stays a duplicate, and that address gets
+    nothing from this delivery rather than two messages.)"""
     now = now or utcnow()
     if isinstance(bind, sa.Connection):
         return _analyze_in(bind, settings, delivery_id, now)
@@ -149,8 +151,8 @@ def _analyze_in(conn: sa.Connection, settings: Settings, delivery_id: int,
         if conn.dialect.name == "postgresql":  # the quarantine hash must fit (see sql.py)
             quarantined = conn.execute(sql.QUARANTINE_ROWS_PG).scalar_one()
             _run(conn, (sql.chunk_work_mem(quarantined, 0),))
+        conn.execute(sql.insert_duplicates(delivery, now))
         conn.execute(sql.insert_targets(delivery, now))
-        conn.execute(sql.insert_holders(delivery))
         _settle(conn, delivery, now, None)
     return summary(conn, delivery_id)
 
@@ -163,7 +165,11 @@ def _analyze_postgres(engine: sa.Engine, conn: sa.Connection, settings: Settings
             return summary(conn, delivery_id)
         first, last = conn.execute(sql.PROFILE_ID_RANGE).one()
         quarantined = conn.execute(sql.QUARANTINE_ROWS_PG).scalar_one()
+        bounds = conn.execute(sql.key_histogram_pg(delivery["channel"])).scalar()
     try:
+        _in_parallel(engine, sql.ANALYSIS_SETTINGS_PG + sql.DUPLICATE_SETTINGS_PG,
+                     [sql.insert_duplicates(delivery, now, keys)
+                      for keys in sql.key_ranges(bounds, ANALYSIS_CONNECTIONS)])
         counts = _write_in_parallel(engine, delivery, now, first, last, quarantined)
         with conn.begin():
             _run(conn, sql.ANALYSIS_SETTINGS_PG)
@@ -172,7 +178,7 @@ def _analyze_postgres(engine: sa.Engine, conn: sa.Connection, settings: Settings
     except BaseException:
         with conn.begin():  # nothing half-analysed stays behind
             conn.execute(sql.delete_targets(delivery_id))
-            conn.execute(sql.delete_holders(delivery_id))
+            conn.execute(sql.delete_duplicates(delivery_id))
         raise
 
 
@@ -189,7 +195,7 @@ def _prepare(conn: sa.Connection, settings: Settings, delivery_id: int,
                         and delivery["audience"] != "proof")
     quarantine.release_due(conn, settings.quarantine, now)  # time-based releases first
     conn.execute(sql.delete_targets(delivery_id))
-    conn.execute(sql.delete_holders(delivery_id))
+    conn.execute(sql.delete_duplicates(delivery_id))
     if delivery["audience"] == "proof":
         # Nobody's consent is read or changed.
         first, _ = sql.id_range(delivery_id)
@@ -212,64 +218,52 @@ def _mark_analyzed(conn: sa.Connection, delivery_id: int, now: datetime | None) 
 Counts = dict[tuple[str, str | None], int]
 
 
-def _write_in_parallel(engine: sa.Engine, delivery: dict[str, Any], now: datetime,
-                       first: int | None, last: int | None, quarantined: int) -> Counts:
-    """Write the target rows of each chunk of the profile id range on its own connection,
-    ANALYSIS_CONNECTIONS at a time, and meanwhile the holders of shared addresses; answer the
-    rows written by state and reason."""
-    if first is None or last is None:
-        return {}
-    chunks = ANALYSIS_CONNECTIONS * CHUNKS_PER_CONNECTION
-    step = max(1, -(-(last - first + 1) // chunks))
-    ranges = [(lo, min(lo + step - 1, last)) for lo in range(first, last + 1, step)]
-    settings = (sql.ANALYSIS_SETTINGS_PG + sql.INSERT_SETTINGS_PG
-                + (sql.chunk_work_mem(quarantined, step),))
+def _in_parallel(engine: sa.Engine, settings: tuple[str, ...],
+                 statements: list[Any]) -> list[list[sa.Row]]:
+    """Run each statement in a transaction of its own, ANALYSIS_CONNECTIONS at a time; answer
+    the rows each returns (none for a plain insert)."""
 
-    def write(profile_ids: tuple[int, int]) -> list[sa.Row]:
+    def run(statement: Any) -> list[sa.Row]:
         with engine.begin() as conn:
             _run(conn, settings)
-            return list(conn.execute(sql.insert_targets_counted(delivery, now, profile_ids)))
+            result = conn.execute(statement)
+            return list(result) if result.returns_rows else []
 
-    def write_holders() -> list[sa.Row]:
-        with engine.begin() as conn:
-            _run(conn, sql.ANALYSIS_SETTINGS_PG + sql.HOLDER_SETTINGS_PG)
-            conn.execute(sql.insert_holders(delivery))
-        return []
-
-    counts: Counts = {}
-    with ThreadPoolExecutor(ANALYSIS_CONNECTIONS + 1, thread_name_prefix="analysis") as pool:
-        holders = pool.submit(write_holders)
-        futures = [pool.submit(write, r) for r in ranges] + [holders]
+    with ThreadPoolExecutor(ANALYSIS_CONNECTIONS, thread_name_prefix="analysis") as pool:
+        futures = [pool.submit(run, statement) for statement in statements]
         try:
-            for future in futures:
-                for state, reason, n in future.result():
-                    counts[(state, reason)] = counts.get((state, reason), 0) + n
+            return [future.result() for future in futures]
         except BaseException:
             for future in futures:
                 future.cancel()
             raise
+
+
+def _write_in_parallel(engine: sa.Engine, delivery: dict[str, Any], now: datetime,
+                       first: int | None, last: int | None, quarantined: int) -> Counts:
+    """Write the target rows of each chunk of the profile id range on its own connection;
+    answer the rows written by state and reason."""
+    if first is None or last is None:
+        return {}
+    chunks = ANALYSIS_CONNECTIONS * CHUNKS_PER_CONNECTION
+    step = max(1, -(-(last - first + 1) // chunks))
+    settings = (sql.ANALYSIS_SETTINGS_PG + sql.INSERT_SETTINGS_PG
+                + (sql.chunk_work_mem(quarantined, step),))
+    counts: Counts = {}
+    for rows in _in_parallel(engine, settings, [
+            sql.insert_targets_counted(delivery, now, (lo, min(lo + step - 1, last)))
+            for lo in range(first, last + 1, step)]):
+        for state, reason, n in rows:
+            counts[(state, reason)] = counts.get((state, reason), 0) + n
     return counts
 
 
 def _settle(conn: sa.Connection, delivery: dict[str, Any], now: datetime,
             counts: Counts | None) -> None:
-    """Rules 8 to 10, which depend on the whole target; then the delivery is analysed.
+    """Rules 9 and 10, which depend on the whole target; then the delivery is analysed.
     `counts` (rows by state and reason), when kept, follows the rows these rules exclude."""
     delivery_id = delivery["id"]
-    postgres = conn.dialect.name == "postgresql"
-
-    def exclude(rule: Exclusion, statement: sa.Update) -> None:
-        moved = conn.execute(statement).rowcount
-        if counts is not None:
-            counts[("pending", None)] = counts.get(("pending", None), 0) - moved
-            counts[("excluded", rule.value)] = counts.get(("excluded", rule.value), 0) + moved
-
-    if postgres:
-        _run(conn, sql.HOLDER_STATISTICS_PG + sql.HOLDER_SETTINGS_PG)
-    exclude(Exclusion.DUPLICATE, sql.exclude_duplicates(delivery_id, postgres))
-    conn.execute(sql.delete_holders(delivery_id))
-    if postgres:
-        _run(conn, sql.HOLDER_SETTINGS_RESET_PG)
+    conn.execute(sql.delete_duplicates(delivery_id))
     rules = []
     if delivery["fatigue_max"] and delivery["kind"] == "marketing":
         since = now - timedelta(days=delivery["fatigue_days"])
@@ -278,10 +272,13 @@ def _settle(conn: sa.Connection, delivery: dict[str, Any], now: datetime,
     if delivery["target_limit"]:
         rules.append((Exclusion.TARGET_LIMIT,
                       sql.exclude_over_limit(delivery_id, delivery["target_limit"])))
-    if rules and postgres:
+    if rules and conn.dialect.name == "postgresql":
         _run(conn, sql.TARGET_STATISTICS_PG)
     for rule, statement in rules:
-        exclude(rule, statement)
+        moved = conn.execute(statement).rowcount
+        if counts is not None:
+            counts[("pending", None)] = counts.get(("pending", None), 0) - moved
+            counts[("excluded", rule.value)] = counts.get(("excluded", rule.value), 0) + moved
     _mark_analyzed(conn, delivery_id, now)
 
 

@@ -11,11 +11,10 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY
 
 from consentry.domain.reachability import Exclusion
 from consentry.store.schema import (
-    analysis_holders,
+    analysis_duplicates,
     deliveries,
     delivery_targets,
     opt_outs,
@@ -29,7 +28,7 @@ from consentry.store.schema import (
 
 t = delivery_targets
 d = deliveries
-h = analysis_holders
+dup = analysis_duplicates
 
 # A delivery's target rows are one range of ids: delivery_id * 2^32 + a number unique within
 # the delivery (_target_number). The analysis numbers its rows itself, so writing a million
@@ -78,18 +77,19 @@ ADDRESSES_ON_PROFILE = {"email": profiles.c.email, "sms": profiles.c.phone}
 
 def exclusion_case(*, channel: str, transactional: bool, service_id: int | None, now: datetime,
                    address: Any, key: Any, valid: Any, profile_id: Any,
-                   profile_ids: tuple[int, int] | None = None,
-                   quarantine_as_set: bool = False) -> tuple[sa.Case, list[tuple[Any, Any]]]:
-    """The first failing rule of rules 1 to 7 of domain.reachability.EXCLUSION_ORDER, and the
-    LEFT JOINs it needs. Transactional deliveries skip opt-outs and subscriptions; allowlisted
-    addresses skip denylist and quarantine (they have neither status).
+                   profile_ids: tuple[int, int] | None = None, quarantine_as_set: bool = False,
+                   duplicates: Any = None) -> tuple[sa.Case, list[tuple[Any, Any]]]:
+    """The first failing rule of rules 1 to 7 (or 8) of domain.reachability.EXCLUSION_ORDER,
+    and the LEFT JOINs it needs. Transactional deliveries skip opt-outs and subscriptions;
+    allowlisted addresses skip denylist and quarantine (they have neither status).
 
     Rules 1 to 5 read the profile's own rows, rules 6 and 7 the quarantine table by address:
     joined row by row (a few rows: the re-check of a batch), or with `quarantine_as_set` as
     membership in the channel's denylisted and quarantined addresses, which PostgreSQL hashes
     once for the whole statement (the analysis, whose other joins are then all keyed by
-    profile). Rules 8 to 10 depend on the whole target: the analysis applies them to the
-    target rows once they are written.
+    profile). With `duplicates`, rule 8 is read from the duplicates worked out beforehand
+    (analysis_duplicates); rules 9 and 10 depend on the whole target: the analysis applies
+    them to the target rows once they are written.
 
     `profile_ids` (a range) is repeated on every joined table: PostgreSQL carries equalities
     across a join but not ranges, and a merge join of one chunk of profiles would otherwise
@@ -132,6 +132,8 @@ def exclusion_case(*, channel: str, transactional: bool, service_id: int | None,
         joins.append((q, sa.and_(q.c.channel == channel, q.c.address_key == key)))
         whens += [(q.c.status == "denylisted", Exclusion.DENYLISTED.value),
                   (q.c.status == "quarantined", Exclusion.QUARANTINED.value)]
+    if duplicates is not None:
+        whens.append((duplicates.is_not(None), Exclusion.DUPLICATE.value))
     return sa.case(*whens, else_=None), joins
 
 
@@ -151,11 +153,6 @@ def _target_number(channel: str) -> Any:
     return profiles.c.id
 
 
-def _holder_number(channel: str) -> Any:
-    """The target number of whoever holds an address: the profile, or for push the token."""
-    return push_tokens.c.id * 2 if channel == "push" else profiles.c.id
-
-
 def _key_column(channel: str) -> Any:
     if channel == "email":
         return profiles.c.email_key
@@ -163,19 +160,31 @@ def _key_column(channel: str) -> Any:
 
 
 def audience_select(delivery: dict[str, Any], now: datetime, *,
-                    profile_ids: tuple[int, int] | None = None) -> sa.Select:
+                    profile_ids: tuple[int, int] | None = None,
+                    for_insert: bool = False) -> sa.Select:
     """(profile_id, address, address_key, reason, number) for everyone in the delivery's
-    audience, or those of its profiles whose ids lie in the range `profile_ids`."""
+    audience, or those of its profiles whose ids lie in the range `profile_ids`. The
+    analysis's insert (`for_insert`) reads the quarantine as a set and the duplicates worked
+    out beforehand; otherwise the quarantine is joined row by row, for the few holders of
+    shared addresses."""
     channel = delivery["channel"]
     base, address, key, valid = _address_columns(channel)
+    number = _target_number(channel)
+    duplicates = None
+    if for_insert:
+        on = sa.and_(dup.c.delivery_id == delivery["id"], dup.c.number == number)
+        if profile_ids is not None and channel != "push":  # push numbers are not profile ids
+            on = sa.and_(on, dup.c.number.between(*profile_ids))
+        base = base.outerjoin(dup, on)
+        duplicates = dup.c.number
     reason, joins = exclusion_case(
         channel=channel, transactional=delivery["kind"] == "transactional",
         service_id=delivery["service_id"], now=now, address=address, key=key, valid=valid,
-        profile_id=profiles.c.id, profile_ids=profile_ids, quarantine_as_set=True)
+        profile_id=profiles.c.id, profile_ids=profile_ids, quarantine_as_set=for_insert,
+        duplicates=duplicates)
     stmt = sa.select(profiles.c.id.label("profile_id"), address.label("address"),
                      key.label("address_key"), reason.label("reason"),
-                     _target_number(channel).label("number")).select_from(
-        _with_joins(base, joins))
+                     number.label("number")).select_from(_with_joins(base, joins))
     if delivery["audience"] == "service":
         members = sa.select(subscriptions.c.profile_id).where(
             subscriptions.c.service_id == delivery["service_id"])
@@ -198,68 +207,70 @@ def _filter_column(field: str) -> Any:
 
 # --- analysis ---------------------------------------------------------------------------------
 #
-# 1. The target rows: the audience in one INSERT ... SELECT, each row with the first failing
-#    rule of 1 to 7. On PostgreSQL it runs in chunks of the profile id range, on parallel
-#    connections. Meanwhile the holders of shared addresses are written down.
-# 2. Rule 8: of the holders whose rows are still pending, all but the oldest profile's become
-#    duplicates. Then rules 9 and 10, fatigue and the size limit.
+# 1. Rule 8, for the few profiles it concerns: the holders of shared addresses who pass rules
+#    1 to 7, ranked per address; all but the oldest profile's are duplicates. On PostgreSQL in
+#    ranges of the addresses (a shared address lies in one range), on parallel connections.
+# 2. The target rows: the audience in one INSERT ... SELECT, each row with the first failing
+#    rule of 1 to 8. On PostgreSQL in chunks of the profile id range, on parallel connections.
+# 3. Rules 9 and 10, fatigue and the size limit, on the rows written.
 
 PROFILE_ID_RANGE = sa.select(sa.func.min(profiles.c.id), sa.func.max(profiles.c.id))
 
 
-def delete_holders(delivery_id: int) -> sa.Delete:
-    return h.delete().where(h.c.delivery_id == delivery_id)
+def delete_duplicates(delivery_id: int) -> sa.Delete:
+    return dup.delete().where(dup.c.delivery_id == delivery_id)
 
 
-def shared_keys(channel: str) -> sa.Select:
+def shared_keys(channel: str, keys: tuple[str | None, str | None] = (None, None)) -> sa.Select:
     """Matching keys held more than once, read off the address index alone (an index-only
-    scan in key order)."""
+    scan in key order), those from keys[0] (inclusive) to keys[1] (exclusive) if given."""
     column = _key_column(channel)
-    return (sa.select(column).where(column.is_not(None)).group_by(column)
+    stmt = (sa.select(column).where(column.is_not(None)).group_by(column)
             .having(sa.func.count() > 1))
+    if keys[0] is not None:
+        stmt = stmt.where(column >= keys[0])
+    if keys[1] is not None:
+        stmt = stmt.where(column < keys[1])
+    return stmt
 
 
-def insert_holders(delivery: dict[str, Any]) -> sa.Insert:
-    """Everyone holding an address another profile holds too (the audience's among them are
-    ranked later), with what the ranking needs: the address and the profile's age."""
+def insert_duplicates(delivery: dict[str, Any], now: datetime,
+                      keys: tuple[str | None, str | None] = (None, None)) -> sa.Insert:
+    """Rule 8: of the audience's holders of an address held more than once who pass rules 1
+    to 7, the oldest profile keeps the address and the others are duplicates."""
     channel = delivery["channel"]
-    key = _key_column(channel)
-    select = sa.select(sa.literal(delivery["id"], sa.BigInteger), _holder_number(channel), key,
-                       profiles.c.id, profiles.c.created_at).where(key.in_(shared_keys(channel)))
-    if channel == "push":
-        select = select.join_from(push_tokens, profiles, profiles.c.id == push_tokens.c.profile_id)
-    return h.insert().from_select(
-        ["delivery_id", "number", "address_key", "profile_id", "created_at"], select)
-
-
-def exclude_duplicates(delivery_id: int, postgres: bool) -> sa.Update:
-    """Rule 8: of the holders of a shared address whose rows are pending, the oldest profile
-    keeps the address and the others are duplicates. The holders lead to their rows by primary
-    key (delivery's base + number).
-
-    On PostgreSQL the rows to exclude are gathered into one array first (`id = ANY(...)`, a
-    primary-key probe per element): as a join, a planner that has not sampled the new rows
-    yet takes the delivery's range for one row and reruns the ranking for each of them."""
-    first, _ = id_range(delivery_id)
-    # In number order (OFFSET 0 keeps the order for the probes that follow), so that the
-    # holders' rows are looked up in the order they lie in the table and index.
-    holders = (sa.select(h).where(h.c.delivery_id == delivery_id).order_by(h.c.number)
-               .offset(0).subquery("holders"))
-    row_id = sa.literal(first, sa.BigInteger) + holders.c.number
-    pending = sa.exists().where(t.c.id == row_id, t.c.state == "pending")
-    ranked = (sa.select(row_id.label("id"), sa.func.row_number().over(
+    holders = (audience_select(delivery, now)
+               .add_columns(profiles.c.created_at)
+               .where(_key_column(channel).in_(shared_keys(channel, keys)))
+               .subquery("holders"))
+    ranked = (sa.select(holders.c.number, sa.func.row_number().over(
         partition_by=holders.c.address_key,
         order_by=(holders.c.created_at, holders.c.profile_id)).label("rank"))
-        .where(pending)
+        .where(holders.c.reason.is_(None))
         .subquery("ranked"))
-    if postgres:
-        later = sa.select(sa.func.array_agg(ranked.c.id)).where(ranked.c.rank > 1)
-        # The cast makes ANY's operand an array, not a subquery to compare row by row.
-        chosen = t.c.id == sa.any_(sa.cast(later.scalar_subquery(), ARRAY(sa.BigInteger)))
-    else:
-        chosen = t.c.id.in_(sa.select(ranked.c.id).where(ranked.c.rank > 1))
-    return (t.update().where(of_delivery(delivery_id), t.c.state == "pending", chosen)
-            .values(state="excluded", reason=Exclusion.DUPLICATE.value))
+    later = sa.select(sa.literal(delivery["id"], sa.BigInteger), ranked.c.number).where(
+        ranked.c.rank > 1)
+    return dup.insert().from_select(["delivery_id", "number"], later)
+
+
+# The planner's histogram of the matching keys: PostgreSQL splits the duplicate rule's work
+# at its quantiles (a shared key always falls in one range).
+def key_histogram_pg(channel: str) -> sa.TextClause:
+    table, column = ("push_tokens", "token") if channel == "push" else (
+        "profiles", "email_key" if channel == "email" else "phone")
+    return sa.text("SELECT histogram_bounds::text::text[] FROM pg_stats "
+                   f"WHERE schemaname = current_schema() AND tablename = '{table}' "
+                   f"AND attname = '{column}'")
+
+
+def key_ranges(bounds: list[str] | None, parts: int) -> list[tuple[str | None, str | None]]:
+    """`parts` ranges of keys split at quantiles of the histogram `bounds`, open at both
+    ends; one range without a histogram."""
+    if not bounds or parts < 2:
+        return [(None, None)]
+    cuts = sorted({bounds[len(bounds) * i // parts] for i in range(1, parts)})
+    edges: list[str | None] = [None, *cuts, None]
+    return [(edges[i], edges[i + 1]) for i in range(len(edges) - 1)]
 
 
 def insert_targets(delivery: dict[str, Any], now: datetime,
@@ -268,8 +279,8 @@ def insert_targets(delivery: dict[str, Any], now: datetime,
     rows in one INSERT ... SELECT, each with the first failing rule's reason or pending."""
     # OFFSET 0 keeps the audience a subquery of its own: flattened into the insert, its
     # reason would be worked out twice a row, once for the reason and once for the state.
-    audience = audience_select(delivery, now,
-                               profile_ids=profile_ids).offset(0).subquery("audience")
+    audience = audience_select(delivery, now, profile_ids=profile_ids,
+                               for_insert=True).offset(0).subquery("audience")
     first, _ = id_range(delivery["id"])
     pending = audience.c.reason.is_(None)
     address, key = audience.c.address, audience.c.address_key
@@ -308,14 +319,16 @@ def insert_targets_counted(delivery: dict[str, Any], now: datetime,
 #   and a third less for the whole insert).
 # - A chunk needs no flush of its own at commit: the last step's commit flushes the log up to
 #   itself, every chunk included, before the delivery counts as analysed.
-# - The holders are few, found and ranked through indexes: nested loops over those few, where
-#   the planner, which cannot tell how many keys are shared, would hash every profile (0.3 s
-#   a statement for a million). Without hash aggregation, the shared addresses are grouped in
-#   the order of the address index, read index-only (0.28 s instead of 0.8 s for a million).
+# - The duplicates concern few profiles (the holders of shared addresses), found and ranked
+#   through indexes: nested loops over those few, where the planner, which cannot tell how
+#   many keys are shared, would hash every profile (0.3 s a statement for a million).
+#   Without hash aggregation, the shared addresses are grouped in the order of the address
+#   index, read index-only (0.28 s instead of 0.8 s for a million).
 ANALYSIS_SETTINGS_PG = ("SET LOCAL jit = off", "SET LOCAL work_mem = '64MB'")
 INSERT_SETTINGS_PG = ("SET LOCAL enable_hashjoin = off", "SET LOCAL synchronous_commit = off")
-HOLDER_SETTINGS_PG = ("SET LOCAL enable_hashagg = off", "SET LOCAL enable_hashjoin = off",
-                      "SET LOCAL enable_mergejoin = off", "SET LOCAL synchronous_commit = off")
+DUPLICATE_SETTINGS_PG = ("SET LOCAL enable_hashagg = off", "SET LOCAL enable_hashjoin = off",
+                         "SET LOCAL enable_mergejoin = off",
+                         "SET LOCAL synchronous_commit = off")
 
 # The planner's row count for the quarantine table, to size a chunk's work_mem for its hash.
 QUARANTINE_ROWS_PG = sa.text(
@@ -331,14 +344,8 @@ def chunk_work_mem(quarantined: int, profiles: int) -> str:
     return f"SET LOCAL work_mem = '{megabytes}MB'"
 
 
-HOLDER_SETTINGS_RESET_PG = tuple(
-    f"SET LOCAL {setting.split()[2]} TO DEFAULT" for setting in HOLDER_SETTINGS_PG)
-
-# The planner knows nothing of rows it has not sampled: before the duplicate rule reads the
-# holders (it would plan for a table it believes empty), and before fatigue and the size limit
-# read the new target rows back (the duplicate rule reaches them by primary key only, and
-# needs no sample of them).
-HOLDER_STATISTICS_PG = ("ANALYZE analysis_holders",)
+# The planner knows nothing of rows it has not sampled: before fatigue and the size limit
+# read the new target rows back.
 TARGET_STATISTICS_PG = ("ANALYZE delivery_targets",)
 
 # One analysis of a delivery at a time across processes; a session lock, so a crashed

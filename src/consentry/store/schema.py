@@ -223,22 +223,19 @@ delivery_targets = sa.Table(
     sa.Index("ix_delivery_targets_profile_sent", "profile_id", "sent_at",
              sqlite_where=sa.text("sent_at IS NOT NULL"),
              postgresql_where=sa.text("sent_at IS NOT NULL")),
-    # Room on each page for the updates that follow (duplicates after the analysis, claims
-    # while sending): they stay on their page and touch no index (migration 0007).
+    # Room on each page for the updates that follow (fatigue and size limit after the
+    # analysis, claims while sending): they stay on their page and touch no index (0007).
     postgresql_with={"fillfactor": 90},
 )
 
-# The holders of shared addresses in one analysis's audience, for the duplicate rule: written
-# while the analysis writes its target rows, ranked once they are all written, deleted when it
-# ends. On PostgreSQL the table is UNLOGGED (migration 0007): nothing in it outlives the
-# analysis that wrote it. `number` is the holder's target number (see delivery.sql).
-analysis_holders = sa.Table(
-    "analysis_holders", metadata,
+# The duplicates (rule 8) one analysis works out before it writes its target rows: the target
+# numbers (see delivery.sql) of the holders of shared addresses who lose the address to an
+# older profile. Deleted when the analysis ends; on PostgreSQL the table is UNLOGGED
+# (migration 0007): nothing in it outlives the analysis that wrote it.
+analysis_duplicates = sa.Table(
+    "analysis_duplicates", metadata,
     sa.Column("delivery_id", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("number", sa.BigInteger, primary_key=True, autoincrement=False),
-    sa.Column("address_key", sa.String(1024), nullable=False),
-    sa.Column("profile_id", sa.BigInteger, nullable=False),
-    sa.Column("created_at", UTCDateTime, nullable=False),
 )
 
 # Sending processes and their heartbeats: a claim held by a worker that stopped beating is

@@ -1,4 +1,4 @@
-"""analysis holders: the holders of shared addresses an analysis ranks for the duplicate rule
+"""analysis duplicates: the duplicates an analysis works out before it writes its target rows
 (UNLOGGED on PostgreSQL: nothing in it outlives the analysis); fillfactor 90 for the target
 rows on PostgreSQL
 
@@ -12,8 +12,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import consentry.store.types
-
 revision: str = '0007'
 down_revision: str | None = '0006'
 branch_labels: str | Sequence[str] | None = None
@@ -22,19 +20,16 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.create_table(
-        'analysis_holders',
+        'analysis_duplicates',
         sa.Column('delivery_id', sa.BigInteger(), autoincrement=False, nullable=False),
         sa.Column('number', sa.BigInteger(), autoincrement=False, nullable=False),
-        sa.Column('address_key', sa.String(length=1024), nullable=False),
-        sa.Column('profile_id', sa.BigInteger(), nullable=False),
-        sa.Column('created_at', consentry.store.types.UTCDateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint('delivery_id', 'number', name=op.f('pk_analysis_holders')),
+        sa.PrimaryKeyConstraint('delivery_id', 'number', name=op.f('pk_analysis_duplicates')),
     )
     if op.get_bind().dialect.name == 'postgresql':
         # Written and emptied by each analysis: no WAL for it, and a crash only empties it.
-        op.execute('ALTER TABLE analysis_holders SET UNLOGGED')
-        # Room on each page of target rows, so that the updates after the analysis (duplicates,
-        # fatigue, size limit) and while sending (claimed, in flight) stay on their page and
+        op.execute('ALTER TABLE analysis_duplicates SET UNLOGGED')
+        # Room on each page of target rows, so that the updates after the analysis (fatigue,
+        # size limit) and while sending (claimed, in flight) stay on their page and
         # touch no index (HOT updates). Applies to pages written from now on.
         op.execute('ALTER TABLE delivery_targets SET (fillfactor = 90)')
 
@@ -42,4 +37,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     if op.get_bind().dialect.name == 'postgresql':
         op.execute('ALTER TABLE delivery_targets RESET (fillfactor)')
-    op.drop_table('analysis_holders')
+    op.drop_table('analysis_duplicates')
