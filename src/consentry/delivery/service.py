@@ -148,11 +148,14 @@ def _analyze_in(conn: sa.Connection, settings: Settings, delivery_id: int,
                 now: datetime) -> dict[str, Any]:
     delivery = _prepare(conn, settings, delivery_id, now)
     if delivery["audience"] != "proof":
-        if conn.dialect.name == "postgresql":  # the quarantine hash must fit (see sql.py)
+        postgres = conn.dialect.name == "postgresql"
+        if postgres:  # the quarantine hash must fit (see sql.py)
             quarantined = conn.execute(sql.QUARANTINE_ROWS_PG).scalar_one()
             _run(conn, (sql.chunk_work_mem(quarantined, 0),))
         conn.execute(sql.insert_duplicates(delivery, now))
-        conn.execute(sql.insert_targets(delivery, now))
+        conn.execute(sql.insert_targets(delivery, now, join_duplicates=postgres))
+        if not postgres:
+            conn.execute(sql.exclude_duplicates(delivery_id))
         _settle(conn, delivery, now, None)
     return summary(conn, delivery_id)
 

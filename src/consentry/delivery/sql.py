@@ -161,17 +161,17 @@ def _key_column(channel: str) -> Any:
 
 def audience_select(delivery: dict[str, Any], now: datetime, *,
                     profile_ids: tuple[int, int] | None = None,
-                    for_insert: bool = False) -> sa.Select:
+                    for_insert: bool = False, join_duplicates: bool = False) -> sa.Select:
     """(profile_id, address, address_key, reason, number) for everyone in the delivery's
     audience, or those of its profiles whose ids lie in the range `profile_ids`. The
-    analysis's insert (`for_insert`) reads the quarantine as a set and the duplicates worked
-    out beforehand; otherwise the quarantine is joined row by row, for the few holders of
-    shared addresses."""
+    analysis's insert (`for_insert`) reads the quarantine as a set, and with
+    `join_duplicates` the duplicates worked out beforehand; otherwise the quarantine is joined
+    row by row, for the few holders of shared addresses."""
     channel = delivery["channel"]
     base, address, key, valid = _address_columns(channel)
     number = _target_number(channel)
     duplicates = None
-    if for_insert:
+    if for_insert and join_duplicates:
         on = sa.and_(dup.c.delivery_id == delivery["id"], dup.c.number == number)
         if profile_ids is not None and channel != "push":  # push numbers are not profile ids
             on = sa.and_(on, dup.c.number.between(*profile_ids))
@@ -215,6 +215,19 @@ def _filter_column(field: str) -> Any:
 # 3. Rules 9 and 10, fatigue and the size limit, on the rows written.
 
 PROFILE_ID_RANGE = sa.select(sa.func.min(profiles.c.id), sa.func.max(profiles.c.id))
+
+
+def exclude_duplicates(delivery_id: int) -> sa.Update:
+    """Rule 8 applied to rows already written (SQLite): a look-up by row id for each of the
+    few duplicates, cheaper there than joining every new row to them (measured 0.1 to 0.3 s
+    less for a million profiles). PostgreSQL joins them in the insert: an update of rows just
+    written costs it a full page image in its log for each page first touched after a
+    checkpoint."""
+    first, _ = id_range(delivery_id)
+    rows = sa.select(sa.literal(first, sa.BigInteger) + dup.c.number).where(
+        dup.c.delivery_id == delivery_id)
+    return (t.update().where(of_delivery(delivery_id), t.c.state == "pending", t.c.id.in_(rows))
+            .values(state="excluded", reason=Exclusion.DUPLICATE.value))
 
 
 def delete_duplicates(delivery_id: int) -> sa.Delete:
@@ -274,13 +287,15 @@ def key_ranges(bounds: list[str] | None, parts: int) -> list[tuple[str | None, s
 
 
 def insert_targets(delivery: dict[str, Any], now: datetime,
-                   profile_ids: tuple[int, int] | None = None) -> sa.Insert:
+                   profile_ids: tuple[int, int] | None = None, *,
+                   join_duplicates: bool = True) -> sa.Insert:
     """The audience (or the part of it whose profile ids lie in `profile_ids`) becomes target
-    rows in one INSERT ... SELECT, each with the first failing rule's reason or pending."""
+    rows in one INSERT ... SELECT, each with the first failing rule's reason or pending;
+    rule 8 too with `join_duplicates` (else exclude_duplicates follows)."""
     # OFFSET 0 keeps the audience a subquery of its own: flattened into the insert, its
     # reason would be worked out twice a row, once for the reason and once for the state.
-    audience = audience_select(delivery, now, profile_ids=profile_ids,
-                               for_insert=True).offset(0).subquery("audience")
+    audience = audience_select(delivery, now, profile_ids=profile_ids, for_insert=True,
+                               join_duplicates=join_duplicates).offset(0).subquery("audience")
     first, _ = id_range(delivery["id"])
     pending = audience.c.reason.is_(None)
     address, key = audience.c.address, audience.c.address_key
