@@ -10,7 +10,6 @@ are off: demo mail and texts never leave the machine. Ctrl-C (or SIGTERM) stops 
 
 from __future__ import annotations
 
-import signal
 from dataclasses import replace
 from typing import Annotated
 
@@ -120,13 +119,7 @@ def _showcase(engine: sa.Engine, settings: Settings) -> int | None:
 
 
 def _serve(ctx: Ctx, host: str, port: int, outbox_port: int) -> None:
-    from consentry.cli.serve_cmd import (
-        Background,
-        _log_to_stderr,
-        _terminate,
-        _Terminated,
-        run_web,
-    )
+    from consentry.cli.serve_cmd import Background, _log_to_stderr, run_web, until_stopped
     from consentry.tokens import Signer
     from consentry.web.app import create_app
     from consentry.web.outbox import Outbox, add_outbox
@@ -134,16 +127,13 @@ def _serve(ctx: Ctx, host: str, port: int, outbox_port: int) -> None:
     engine = ctx.raw_engine()
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
     base_url = f"http://{shown_host}:{port}"
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    outbox: Outbox | None = None
-    background: Background | None = None
-    try:
+    with until_stopped() as stack:
         outbox = Outbox(port=outbox_port)
         try:
             outbox.start()
         except (OSError, RuntimeError) as exc:
-            outbox = None
             raise ConsentryError(f"the demo outbox could not start: {exc}") from None
+        stack.callback(outbox.stop)
         settings = demo_settings(ctx.settings, base_url, outbox.url)
         _log_to_stderr()
         with engine.begin() as conn:
@@ -165,13 +155,6 @@ def _serve(ctx: Ctx, host: str, port: int, outbox_port: int) -> None:
             console.print(line, highlight=False, soft_wrap=True)
         background = Background(settings, engine, signer)
         background.start()
+        stack.callback(background.stop)
         run_web(app, host, port)  # until Ctrl-C or SIGTERM
-    except (KeyboardInterrupt, _Terminated):
-        pass
-    finally:
-        if background is not None:
-            background.stop()
-        if outbox is not None:
-            outbox.stop()
-        signal.signal(signal.SIGTERM, previous)
     err_console.print("demo stopped")

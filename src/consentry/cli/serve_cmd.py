@@ -12,12 +12,13 @@ requests, the receiver the messages it is storing, the background thread its cur
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Annotated, Any
 
@@ -181,6 +182,19 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise _Terminated
 
 
+@contextlib.contextmanager
+def until_stopped() -> Iterator[contextlib.ExitStack]:
+    """Run the body until Ctrl-C or SIGTERM (both end it quietly); what the body registers on
+    the stack is stopped afterwards, the last registered first."""
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        # The interruption is swallowed first; then the stack stops what was started.
+        with contextlib.ExitStack() as stack, contextlib.suppress(KeyboardInterrupt, _Terminated):
+            yield stack
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _log_to_stderr() -> None:
     logger = logging.getLogger("consentry")
     if not logger.handlers:
@@ -206,10 +220,7 @@ def serve(ctx: Ctx,
 
     from consentry.web.app import create_app
 
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    receiver: FeedbackReceiver | None = None
-    background: Background | None = None
-    try:
+    with until_stopped() as stack:
         upgrade(ctx.raw_engine())
         engine = ctx.engine
         _log_to_stderr()
@@ -222,26 +233,19 @@ def serve(ctx: Ctx,
             try:
                 receiver.start()
             except OSError as exc:
-                receiver = None
                 raise ConsentryError(f"--feedback-smtp-port {feedback_smtp_port}: {exc}") from None
+            stack.callback(receiver.stop)
             domains = ", ".join(sorted(accepted_domains(ctx.settings)))
             err_console.print(f"feedback SMTP receiver listening on {receiver.host}:"
                               f"{receiver.port} (mail for {domains})", highlight=False)
         background = Background(ctx.settings, engine, signer)
         background.start()
+        stack.callback(background.stop)
         if ctx.settings.feedback.imap_url:
             where = imap_poll.parse_imap_url(ctx.settings.feedback.imap_url).describe()
             err_console.print(f"polling {where} every {background.imap_every:g} s",
                               highlight=False)
         run_web(app, host, port)  # until Ctrl-C or SIGTERM; then uvicorn re-raises it
-    except (KeyboardInterrupt, _Terminated):
-        pass
-    finally:
-        if background is not None:
-            background.stop()
-        if receiver is not None:
-            receiver.stop()
-        signal.signal(signal.SIGTERM, previous)
     err_console.print("stopped")
 
 
