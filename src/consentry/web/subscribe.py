@@ -325,8 +325,6 @@ def confirmation_page(request: Request, token: str) -> Response:
     if isinstance(checked, Response):
         return checked
     found, expired, lang = checked
-    if found.state is not SubscriptionState.PENDING:
-        return _gone(request, lang)
     if expired:
         return _expired(request, lang, token)
     return _confirm_page(request, lang, found)
@@ -335,8 +333,8 @@ def confirmation_page(request: Request, token: str) -> Response:
 def _checked(request: Request, token: str,
              csrf: str | None) -> tuple[_Request, bool, str] | Response:
     """What a confirmation link's page starts with: the link read, for a POST (csrf given)
-    the CSRF value checked, an already confirmed request answered. (request, expired,
-    language) or the answer."""
+    the CSRF value checked, an already confirmed request answered, one no longer pending
+    refused. (pending request, expired, language) or the answer."""
     read = _read(request, token)
     if isinstance(read, Response):
         return read
@@ -348,6 +346,8 @@ def _checked(request: Request, token: str,
         return private_page(_forbidden(request, lang))
     if found.state is SubscriptionState.SUBSCRIBED:
         return private_page(_subscribed(request, lang, found.service))
+    if found.state is not SubscriptionState.PENDING:
+        return _gone(request, lang)
     return found, expired, lang
 
 
@@ -359,8 +359,6 @@ def confirm(request: Request, token: str, csrf: str = Form("", alias=CSRF_FIELD)
     if isinstance(checked, Response):
         return checked
     found, expired, lang = checked
-    if found.state is not SubscriptionState.PENDING:
-        return _gone(request, lang)
     if expired:
         return _expired(request, lang, token)
     if is_bot(honeypot):
@@ -396,7 +394,7 @@ def resend(request: Request, token: str, csrf: str = Form("", alias=CSRF_FIELD))
     if isinstance(checked, Response):
         return checked
     found, _expired_link, lang = checked
-    if found.state is not SubscriptionState.PENDING or found.address is None:
+    if found.address is None:
         return _gone(request, lang)
     if not _allowed(request, found.service.channel, found.address.key):
         return private_page(_too_many(request, lang))
