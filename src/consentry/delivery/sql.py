@@ -54,25 +54,31 @@ def of_delivery_column(delivery_id: Any) -> sa.ColumnElement[bool]:
                           delivery_id * TARGET_ID_SPAN + (TARGET_ID_SPAN - 1))
 
 
+# Channels whose address is a column of the profile row (push tokens have rows of their own).
+ADDRESSES_ON_PROFILE = {"email": profiles.c.email, "sms": profiles.c.phone}
+
+
+def _key_column(channel: str) -> Any:
+    """The column holding a channel's matching key (what quarantine and duplicates compare)."""
+    if channel == "email":
+        return profiles.c.email_key
+    return profiles.c.phone if channel == "sms" else push_tokens.c.token
+
+
 def _address_columns(channel: str) -> tuple[Any, Any, Any, Any]:
     """(FROM clause, address, matching key, validity check) for a channel's audience."""
-    p = profiles
+    key = _key_column(channel)
     if channel == "email":
         # Addresses are validated on the way in; this guards rows written around the service
         # layer (a raw SQL load) with the cheapest check that catches a missing @ or domain.
-        return p, p.c.email, p.c.email_key, p.c.email_key.like("%_@_%._%")
+        return profiles, ADDRESSES_ON_PROFILE[channel], key, key.like("%_@_%._%")
     if channel == "sms":
-        valid = sa.and_(p.c.phone.like("+%"), sa.func.length(p.c.phone).between(8, 16))
-        return p, p.c.phone, p.c.phone, valid
+        valid = sa.and_(key.like("+%"), sa.func.length(key).between(8, 16))
+        return profiles, ADDRESSES_ON_PROFILE[channel], key, valid
     # Push: one target row per device token; a profile without tokens gets one row that
     # records address_missing.
-    joined = p.outerjoin(push_tokens, push_tokens.c.profile_id == p.c.id)
-    return joined, push_tokens.c.token, push_tokens.c.token, sa.func.length(
-        push_tokens.c.token) >= 8
-
-
-# Channels whose address is a column of the profile row (push tokens have rows of their own).
-ADDRESSES_ON_PROFILE = {"email": profiles.c.email, "sms": profiles.c.phone}
+    joined = profiles.outerjoin(push_tokens, push_tokens.c.profile_id == profiles.c.id)
+    return joined, key, key, sa.func.length(key) >= 8
 
 
 def exclusion_case(*, channel: str, transactional: bool, service_id: int | None, now: datetime,
@@ -151,12 +157,6 @@ def _target_number(channel: str) -> Any:
     if channel == "push":
         return sa.func.coalesce(push_tokens.c.id * 2, profiles.c.id * 2 + 1)
     return profiles.c.id
-
-
-def _key_column(channel: str) -> Any:
-    if channel == "email":
-        return profiles.c.email_key
-    return profiles.c.phone if channel == "sms" else push_tokens.c.token
 
 
 def audience_select(delivery: dict[str, Any], now: datetime, *,
